@@ -1,0 +1,17 @@
+//! rllr-core: the engine every other rllr crate stands on.
+//!
+//! A Llama-family decoder written on candle so that the same code serves inference (batched, KV cache)
+//! and training (gradients reach every trainable tensor), plus the nouns the trainers and the server
+//! share: checkpoints, LoRA adapters, heads, chat templates, the CoT response format and sampling.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod gguf;
+pub mod response;
+pub mod sampling;
+pub mod template;
+
+pub use config::Config;
+pub use error::{Error, Result};
