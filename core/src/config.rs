@@ -121,13 +121,21 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if !matches!(self.model_type.as_str(), "llama" | "mistral") {
-            return bad(format!("model_type '{}' is not a Llama-family decoder (llama, mistral)", self.model_type));
+            return bad(format!(
+                "model_type '{}' is not a Llama-family decoder (llama, mistral)",
+                self.model_type
+            ));
         }
         if self.hidden_act != "silu" {
-            return bad(format!("hidden_act '{}' unsupported (only silu)", self.hidden_act));
+            return bad(format!(
+                "hidden_act '{}' unsupported (only silu)",
+                self.hidden_act
+            ));
         }
         if self.num_attention_heads == 0 || self.num_hidden_layers == 0 || self.hidden_size == 0 {
-            return bad("num_attention_heads, num_hidden_layers and hidden_size must be > 0".into());
+            return bad(
+                "num_attention_heads, num_hidden_layers and hidden_size must be > 0".into(),
+            );
         }
         if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
             return bad(format!(
@@ -136,7 +144,10 @@ impl Config {
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return bad(format!("head_dim {} must be even for RoPE", self.head_dim()));
+            return bad(format!(
+                "head_dim {} must be even for RoPE",
+                self.head_dim()
+            ));
         }
         let kv = self.num_kv_heads();
         if kv == 0 || self.num_attention_heads % kv != 0 {
@@ -158,7 +169,8 @@ impl Config {
 
     /// Per-head width.
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     /// Key/value heads (grouped-query attention); equal to the query heads when absent.
@@ -180,7 +192,10 @@ impl Config {
 
     /// End-of-sequence ids (Llama-3 has several).
     pub fn eos_ids(&self) -> Vec<u32> {
-        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
     }
 
     /// Normalise to the v4 spelling, which every transformers version reads.
@@ -190,7 +205,10 @@ impl Config {
                 self.rope_theta = p.rope_theta;
             }
             if self.rope_scaling.is_none() && p.rope_type != "default" {
-                self.rope_scaling = Some(RopeScaling { rope_theta: None, ..p });
+                self.rope_scaling = Some(RopeScaling {
+                    rope_theta: None,
+                    ..p
+                });
             }
         }
         if self.rope_theta.is_none() {

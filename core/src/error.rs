@@ -41,15 +41,24 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// Wrap an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     /// Wrap a JSON error with the file it came from.
     pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
-        Error::Json { path: path.into(), source }
+        Error::Json {
+            path: path.into(),
+            source,
+        }
     }
     /// A checkpoint-level error with the directory it concerns.
     pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Checkpoint { path: path.into(), msg: msg.into() }
+        Error::Checkpoint {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }
 

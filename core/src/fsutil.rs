@@ -34,7 +34,10 @@ where
 {
     let parent = parent_of(dest);
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("checkpoint");
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}.tmp-"))
         .tempdir_in(&parent)
@@ -68,7 +71,10 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(std::fs::read(dest.join("b")).unwrap(), b"2");
         // no temporary directories are left behind
-        let names: Vec<_> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 }

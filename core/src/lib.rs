@@ -15,3 +15,13 @@ pub mod template;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub mod batch;
+pub mod kv_cache;
+pub mod lora;
+pub mod model;
+pub mod rope;
+
+pub use batch::{Batch, PaddingSide};
+pub use kv_cache::KvCache;
+pub use lora::{ForwardCtx, LoraConfig};
+pub use model::{Llama, ScoreHead};
