@@ -18,6 +18,7 @@ pub use error::{Error, Result};
 pub mod batch;
 pub mod kv_cache;
 pub mod lora;
+pub mod manifest;
 pub mod model;
 pub mod rope;
 

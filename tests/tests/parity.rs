@@ -1,0 +1,111 @@
+//! Parity with Hugging Face transformers on the committed tiny fixtures: logits of left- and
+//! right-padded batches (tied and untied embeddings, GQA, Llama-3 RoPE scaling), PEFT LoRA adapters
+//! (active, merged, saved and reloaded), the `score` head of `LlamaForSequenceClassification`.
+
+use candle_core::{DType, Device};
+use rllr_core::checkpoint::{self, Checkpoint, SCORE_HEAD};
+use rllr_core::ForwardCtx;
+use rllr_tests::{
+    fixture_batch, fixtures_dir, load_fixture, max_abs_diff, max_diff_on_real, rows_u32,
+};
+
+const TOL: f32 = 1e-4;
+
+fn open(name: &str) -> rllr_core::Llama {
+    Checkpoint::open(fixtures_dir().join(name))
+        .unwrap()
+        .load_model(DType::F32, &Device::Cpu)
+        .unwrap()
+}
+
+#[test]
+fn tiny_logits_match_transformers_for_both_paddings() {
+    let f = load_fixture("reference-tiny.safetensors");
+    for name in ["tiny-tied", "tiny-untied"] {
+        let model = open(name);
+        for side in ["left", "right"] {
+            let batch = fixture_batch(&f, side);
+            let got = model.forward(&batch, &ForwardCtx::default()).unwrap();
+            let d = max_diff_on_real(&got, &f[&format!("{name}.logits_{side}")], &batch);
+            println!("{name} {side}: max |Δ| = {d:.2e}");
+            assert!(d <= TOL, "{name} {side}: max |Δ| {d}");
+        }
+    }
+    // our positions are transformers' position_ids for left padding
+    let batch = fixture_batch(&f, "left");
+    assert_eq!(batch.positions, rows_u32(&f["position_ids_left"]));
+}
+
+#[test]
+fn peft_adapter_active_merged_and_round_tripped_matches_transformers() {
+    let f = load_fixture("reference-tiny.safetensors");
+    let mut model = open("tiny-untied");
+    checkpoint::load_adapter(
+        &mut model,
+        &fixtures_dir().join("tiny-untied-lora"),
+        "lora",
+        false,
+    )
+    .unwrap();
+    let ctx = ForwardCtx::with_adapter("lora");
+    for side in ["left", "right"] {
+        let batch = fixture_batch(&f, side);
+        let got = model.forward(&batch, &ctx).unwrap();
+        let d = max_diff_on_real(&got, &f[&format!("tiny-untied-lora.logits_{side}")], &batch);
+        println!("lora active {side}: max |Δ| = {d:.2e}");
+        assert!(d <= TOL, "adapter {side}: {d}");
+    }
+    let batch = fixture_batch(&f, "right");
+    let expect = &f["tiny-untied-lora.merged_logits_right"];
+
+    // saved as PEFT and loaded back
+    let tmp = tempfile::tempdir().unwrap();
+    checkpoint::save_adapter(
+        &model,
+        "lora",
+        None,
+        "../tiny-untied",
+        &tmp.path().join("adapter"),
+        None,
+    )
+    .unwrap();
+    let mut again = open("tiny-untied");
+    checkpoint::load_adapter(&mut again, &tmp.path().join("adapter"), "lora", false).unwrap();
+    let d = max_diff_on_real(&again.forward(&batch, &ctx).unwrap(), expect, &batch);
+    assert!(d <= TOL, "adapter reloaded: {d}");
+
+    // merged, saved as a full checkpoint, reloaded
+    model.merge_adapter("lora").unwrap();
+    let merged = model.forward(&batch, &ForwardCtx::default()).unwrap();
+    let d = max_diff_on_real(&merged, expect, &batch);
+    println!("merged: max |Δ| = {d:.2e}");
+    assert!(d <= TOL, "merged: {d}");
+    checkpoint::save_model(&model, &tmp.path().join("merged"), None, None, None).unwrap();
+    let reloaded = Checkpoint::open(tmp.path().join("merged"))
+        .unwrap()
+        .load_model(DType::F32, &Device::Cpu)
+        .unwrap();
+    let d = max_diff_on_real(
+        &reloaded.forward(&batch, &ForwardCtx::default()).unwrap(),
+        expect,
+        &batch,
+    );
+    assert!(d <= TOL, "merged + reloaded: {d}");
+}
+
+#[test]
+fn score_head_matches_llama_for_sequence_classification() {
+    let f = load_fixture("reference-tiny.safetensors");
+    let model = open("tiny-tied-score");
+    for side in ["left", "right"] {
+        let batch = fixture_batch(&f, side);
+        let h = model.hidden_states(&batch, &ForwardCtx::default()).unwrap();
+        let got = model.score(&h, &batch, SCORE_HEAD).unwrap();
+        let d = max_abs_diff(&got, &f[&format!("tiny-tied-score.scores_{side}")]);
+        println!(
+            "score {side}: {:?} max |Δ| = {d:.2e}",
+            got.to_vec1::<f32>().unwrap()
+        );
+        assert!(d <= TOL, "score {side}: {d}");
+    }
+}
