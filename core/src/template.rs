@@ -1,1 +1,444 @@
-//! (placeholder: being written)
+//! Chat templates: the exact text a chat model expects around a user turn.
+//!
+//! A fine-tuned chat model only behaves if its prompt is laid out the way it was trained, and the SFT
+//! loss, the reward model and the server must all agree on where the prompt ends and the reply begins.
+//! This module is that one agreement. The layouts follow the reference implementation (method.md §2.2):
+//!
+//! | template  | prompt (text up to where the reply begins)                                              | reply closed by |
+//! |-----------|-----------------------------------------------------------------------------------------|-----------------|
+//! | `llama2`  | `<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{query} [/INST] `                              | `</s>`          |
+//! | `mistral` | `<s>[INST] {query} [/INST]`                                                              | `</s>`          |
+//! | `chatml`  | `<\|im_start\|>system\n{system}<\|im_end\|>\n<\|im_start\|>user\n{query}<\|im_end\|>\n<\|im_start\|>assistant\n` | `<\|im_end\|>` |
+//! | `plain`   | `{query}\n` (base models)                                                                | EOS id          |
+//!
+//! BOS is written as its text `<s>`; the tokenizer maps it to the special id (segments are tokenised
+//! with special tokens parsed and `add_special_tokens = false`, so nothing adds a second BOS).
+//!
+//! System text: `render_prompt(Some(s), ..)` overrides the template's default; `Some("")` means "no
+//! system text" (Llama-2 drops the `<<SYS>>` block, ChatML drops the system turn). Mistral and Plain
+//! have no system slot: a non-empty system text is prepended to the query followed by a blank line.
+//!
+//! Serialisation: a template is written as `{"name": "chatml", "system": "..."}` where `system` is
+//! omitted when it is the template's default (none for ChatML, the stock prompt for Llama-2; Mistral
+//! and Plain have none). A bare string such as `"llama2"` is accepted on input as shorthand.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The stock Llama-2-chat system prompt (the template default the reference code uses; D17).
+pub const LLAMA2_DEFAULT_SYSTEM: &str = "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe. Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. Please ensure that your responses are socially unbiased and positive in nature.\n\nIf a question does not make any sense, or is not factually coherent, explain why instead of answering something not correct. If you don't know the answer to a question, please don't share false information.";
+
+/// SmolLM2-Instruct's default system text (from its `tokenizer_config.json` chat template).
+pub const SMOLLM2_DEFAULT_SYSTEM: &str =
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+
+/// The names `from_name` accepts.
+pub const TEMPLATE_NAMES: [&str; 4] = ["chatml", "llama2", "mistral", "plain"];
+
+/// How a (system, user) turn is laid out for a particular model family.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "TemplateRepr", into = "TemplateSpec")]
+pub enum ChatTemplate {
+    /// ChatML (SmolLM2, Qwen). With no system text and no default, the system turn is omitted.
+    ChatMl { default_system: Option<String> },
+    /// Llama-2-chat; `system` is the default system prompt (empty ⇒ no `<<SYS>>` block).
+    Llama2 { system: String },
+    /// Mistral-Instruct (v0.1/v0.2): no system slot.
+    Mistral,
+    /// Base models: the query and a newline.
+    Plain,
+}
+
+/// `query = instruction + "\n" + input` when `input` is non-empty, else `instruction` (method.md §2.2).
+pub fn query(instruction: &str, input: &str) -> String {
+    if input.is_empty() {
+        instruction.to_string()
+    } else {
+        format!("{instruction}\n{input}")
+    }
+}
+
+impl ChatTemplate {
+    /// The template called `name` with its default system text (ChatML: none, Llama-2: the stock
+    /// prompt). Unknown names are an [`Error::Template`] that lists the valid ones.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "chatml" => Ok(ChatTemplate::ChatMl {
+                default_system: None,
+            }),
+            "llama2" => Ok(ChatTemplate::llama2()),
+            "mistral" => Ok(ChatTemplate::Mistral),
+            "plain" => Ok(ChatTemplate::Plain),
+            other => Err(Error::Template(format!(
+                "unknown template '{other}'; valid names: {}",
+                TEMPLATE_NAMES.join(", ")
+            ))),
+        }
+    }
+
+    /// Llama-2-chat with the stock system prompt.
+    pub fn llama2() -> Self {
+        ChatTemplate::Llama2 {
+            system: LLAMA2_DEFAULT_SYSTEM.to_string(),
+        }
+    }
+
+    /// ChatML with SmolLM2-Instruct's default system text.
+    pub fn smollm2() -> Self {
+        ChatTemplate::ChatMl {
+            default_system: Some(SMOLLM2_DEFAULT_SYSTEM.to_string()),
+        }
+    }
+
+    /// The template's name, as `from_name` accepts it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChatTemplate::ChatMl { .. } => "chatml",
+            ChatTemplate::Llama2 { .. } => "llama2",
+            ChatTemplate::Mistral => "mistral",
+            ChatTemplate::Plain => "plain",
+        }
+    }
+
+    /// The prompt up to where the assistant's reply begins (the generation prompt).
+    ///
+    /// `system` overrides the template's default; `Some("")` asks for no system text.
+    pub fn render_prompt(&self, system: Option<&str>, user: &str) -> String {
+        match self {
+            ChatTemplate::ChatMl { default_system } => {
+                let sys = system.or(default_system.as_deref()).unwrap_or("");
+                let mut out = String::with_capacity(sys.len() + user.len() + 80);
+                if !sys.is_empty() {
+                    out.push_str("<|im_start|>system\n");
+                    out.push_str(sys);
+                    out.push_str("<|im_end|>\n");
+                }
+                out.push_str("<|im_start|>user\n");
+                out.push_str(user);
+                out.push_str("<|im_end|>\n<|im_start|>assistant\n");
+                out
+            }
+            ChatTemplate::Llama2 { system: default } => {
+                let sys = system.unwrap_or(default);
+                if sys.is_empty() {
+                    format!("<s>[INST] {user} [/INST] ")
+                } else {
+                    format!("<s>[INST] <<SYS>>\n{sys}\n<</SYS>>\n\n{user} [/INST] ")
+                }
+            }
+            ChatTemplate::Mistral => format!("<s>[INST] {} [/INST]", with_system(system, user)),
+            ChatTemplate::Plain => format!("{}\n", with_system(system, user)),
+        }
+    }
+
+    /// Text that closes a reply in training targets. Empty for Plain: the caller appends the EOS id.
+    pub fn response_end(&self) -> &'static str {
+        match self {
+            ChatTemplate::ChatMl { .. } => "<|im_end|>",
+            ChatTemplate::Llama2 { .. } | ChatTemplate::Mistral => "</s>",
+            ChatTemplate::Plain => "",
+        }
+    }
+
+    /// Extra stop strings for generation, beyond the tokenizer's EOS id.
+    ///
+    /// A decoder that skips special tokens will not see these in the text; add their ids to the EOS
+    /// set as well.
+    pub fn stop_strings(&self) -> Vec<String> {
+        let v: &[&str] = match self {
+            ChatTemplate::ChatMl { .. } => &["<|im_end|>", "<|im_start|>"],
+            ChatTemplate::Llama2 { .. } | ChatTemplate::Mistral => &["</s>", "[INST]"],
+            ChatTemplate::Plain => &[],
+        };
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Guess the template from a Hugging Face jinja `chat_template` (`tokenizer_config.json`).
+    ///
+    /// `<|im_start|>` ⇒ ChatML (with the default system text when the jinja hard-codes one, as
+    /// SmolLM2 and Qwen do); `[INST]` and `<<SYS>>` ⇒ Llama-2 with the stock prompt; `[INST]` ⇒
+    /// Mistral; anything else ⇒ `None`.
+    pub fn detect(hf_chat_template: &str) -> Option<Self> {
+        let t = hf_chat_template;
+        if t.contains("<|im_start|>") {
+            Some(ChatTemplate::ChatMl {
+                default_system: chatml_default_system(t),
+            })
+        } else if t.contains("[INST]") && t.contains("<<SYS>>") {
+            Some(ChatTemplate::llama2())
+        } else if t.contains("[INST]") {
+            Some(ChatTemplate::Mistral)
+        } else {
+            None
+        }
+    }
+
+    /// The system text carried by the variant (ChatML default, Llama-2 prompt), if any.
+    fn system_text(&self) -> Option<&str> {
+        match self {
+            ChatTemplate::ChatMl { default_system } => default_system.as_deref(),
+            ChatTemplate::Llama2 { system } => Some(system),
+            ChatTemplate::Mistral | ChatTemplate::Plain => None,
+        }
+    }
+}
+
+/// `{system}\n\n{user}` when a non-empty system text is given, else `user` (templates without a slot).
+fn with_system(system: Option<&str>, user: &str) -> String {
+    match system {
+        Some(s) if !s.is_empty() => format!("{s}\n\n{user}"),
+        _ => user.to_string(),
+    }
+}
+
+/// A system text hard-coded in a ChatML jinja template: the literal between `<|im_start|>system\n`
+/// (or the escaped `\\n`) and `<|im_end|>`, when it is plain text rather than jinja expressions.
+fn chatml_default_system(jinja: &str) -> Option<String> {
+    const HEAD: &str = "<|im_start|>system";
+    const END: &str = "<|im_end|>";
+    let mut rest = jinja;
+    while let Some(at) = rest.find(HEAD) {
+        rest = &rest[at + HEAD.len()..];
+        let body = rest.strip_prefix('\n').or_else(|| rest.strip_prefix("\\n"));
+        let Some(body) = body else { continue };
+        let Some(end) = body.find(END) else { continue };
+        let literal = &body[..end];
+        let is_plain = !literal.is_empty()
+            && !literal.contains(['\'', '"', '{', '}', '+'])
+            && !literal.contains(HEAD);
+        if is_plain {
+            return Some(literal.replace("\\n", "\n"));
+        }
+    }
+    None
+}
+
+/// The serialised form: name plus optional system text.
+#[derive(Serialize, Deserialize)]
+struct TemplateSpec {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+}
+
+/// What deserialisation accepts: a bare name or the full spec.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TemplateRepr {
+    Name(String),
+    Spec(TemplateSpec),
+}
+
+impl From<ChatTemplate> for TemplateSpec {
+    fn from(t: ChatTemplate) -> Self {
+        let default = ChatTemplate::from_name(t.name()).ok();
+        let system = match t.system_text() {
+            Some(s) if default.as_ref().and_then(|d| d.system_text()) != Some(s) => {
+                Some(s.to_string())
+            }
+            _ => None,
+        };
+        TemplateSpec {
+            name: t.name().to_string(),
+            system,
+        }
+    }
+}
+
+impl TryFrom<TemplateRepr> for ChatTemplate {
+    type Error = Error;
+    fn try_from(r: TemplateRepr) -> Result<Self> {
+        let spec = match r {
+            TemplateRepr::Name(name) => TemplateSpec { name, system: None },
+            TemplateRepr::Spec(spec) => spec,
+        };
+        let base = ChatTemplate::from_name(&spec.name)?;
+        match (base, spec.system) {
+            (base, None) => Ok(base),
+            (ChatTemplate::ChatMl { .. }, Some(s)) => Ok(ChatTemplate::ChatMl {
+                default_system: Some(s),
+            }),
+            (ChatTemplate::Llama2 { .. }, Some(s)) => Ok(ChatTemplate::Llama2 { system: s }),
+            (other, Some(_)) => Err(Error::Template(format!(
+                "template '{}' has no system text; remove the 'system' field",
+                other.name()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Short representative excerpts of real `chat_template` values (as JSON-decoded strings).
+    const SMOLLM2_JINJA: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    const QWEN25_JINJA: &str = "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- else %}{{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}{%- endif %}{%- else %}{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}{%- endif %}{%- endif %}";
+    const GENERIC_CHATML_JINJA: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    const LLAMA2_JINJA: &str = "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+    const MISTRAL_JINJA: &str = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+    const LLAMA3_JINJA: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{{ content }}{% endfor %}";
+
+    #[test]
+    fn query_joins_instruction_and_input() {
+        assert_eq!(query("Classify.", "great film"), "Classify.\ngreat film");
+        assert_eq!(query("Classify: great film", ""), "Classify: great film");
+    }
+
+    #[test]
+    fn llama2_renders_stock_system_prompt() {
+        let t = ChatTemplate::from_name("llama2").unwrap();
+        let expected = "<s>[INST] <<SYS>>\nYou are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe. Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. Please ensure that your responses are socially unbiased and positive in nature.\n\nIf a question does not make any sense, or is not factually coherent, explain why instead of answering something not correct. If you don't know the answer to a question, please don't share false information.\n<</SYS>>\n\nIs it good? [/INST] ";
+        assert_eq!(t.render_prompt(None, "Is it good?"), expected);
+        assert_eq!(t.response_end(), "</s>");
+    }
+
+    #[test]
+    fn llama2_system_override_and_empty() {
+        let t = ChatTemplate::llama2();
+        assert_eq!(
+            t.render_prompt(Some("Be brief."), "Hi"),
+            "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] "
+        );
+        assert_eq!(t.render_prompt(Some(""), "Hi"), "<s>[INST] Hi [/INST] ");
+    }
+
+    #[test]
+    fn mistral_renders_without_trailing_space() {
+        let t = ChatTemplate::from_name("mistral").unwrap();
+        assert_eq!(
+            t.render_prompt(None, "Is it good?"),
+            "<s>[INST] Is it good? [/INST]"
+        );
+        assert_eq!(
+            t.render_prompt(Some("Be brief."), "Is it good?"),
+            "<s>[INST] Be brief.\n\nIs it good? [/INST]"
+        );
+        assert_eq!(t.response_end(), "</s>");
+    }
+
+    #[test]
+    fn chatml_renders_with_and_without_system() {
+        let bare = ChatTemplate::from_name("chatml").unwrap();
+        assert_eq!(
+            bare.render_prompt(None, "Hi"),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            bare.render_prompt(Some("Be brief."), "Hi"),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let smol = ChatTemplate::smollm2();
+        assert_eq!(
+            smol.render_prompt(None, "What is the capital of France?"),
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            smol.render_prompt(Some(""), "Hi"),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(smol.response_end(), "<|im_end|>");
+        assert_eq!(smol.stop_strings(), vec!["<|im_end|>", "<|im_start|>"]);
+    }
+
+    #[test]
+    fn plain_renders_query_and_newline() {
+        let t = ChatTemplate::from_name("plain").unwrap();
+        assert_eq!(t.render_prompt(None, "Is it good?"), "Is it good?\n");
+        assert_eq!(t.render_prompt(Some("Sys"), "Q"), "Sys\n\nQ\n");
+        assert_eq!(t.response_end(), "");
+        assert!(t.stop_strings().is_empty());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for name in TEMPLATE_NAMES {
+            assert_eq!(ChatTemplate::from_name(name).unwrap().name(), name);
+        }
+    }
+
+    #[test]
+    fn unknown_name_lists_valid_ones() {
+        let err = ChatTemplate::from_name("mistarl").unwrap_err().to_string();
+        assert!(err.contains("mistarl"), "{err}");
+        for name in TEMPLATE_NAMES {
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn detects_real_templates() {
+        assert_eq!(
+            ChatTemplate::detect(SMOLLM2_JINJA),
+            Some(ChatTemplate::smollm2())
+        );
+        assert_eq!(
+            ChatTemplate::detect(QWEN25_JINJA),
+            Some(ChatTemplate::ChatMl {
+                default_system: Some(
+                    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.".into()
+                )
+            })
+        );
+        assert_eq!(
+            ChatTemplate::detect(GENERIC_CHATML_JINJA),
+            Some(ChatTemplate::ChatMl {
+                default_system: None
+            })
+        );
+        assert_eq!(
+            ChatTemplate::detect(LLAMA2_JINJA),
+            Some(ChatTemplate::llama2())
+        );
+        assert_eq!(
+            ChatTemplate::detect(MISTRAL_JINJA),
+            Some(ChatTemplate::Mistral)
+        );
+        assert_eq!(ChatTemplate::detect(LLAMA3_JINJA), None);
+        assert_eq!(ChatTemplate::detect(""), None);
+    }
+
+    #[test]
+    fn serde_round_trips_and_omits_defaults() {
+        let cases = [
+            (
+                ChatTemplate::from_name("chatml").unwrap(),
+                r#"{"name":"chatml"}"#,
+            ),
+            (
+                ChatTemplate::smollm2(),
+                r#"{"name":"chatml","system":"You are a helpful AI assistant named SmolLM, trained by Hugging Face"}"#,
+            ),
+            (ChatTemplate::llama2(), r#"{"name":"llama2"}"#),
+            (
+                ChatTemplate::Llama2 {
+                    system: String::new(),
+                },
+                r#"{"name":"llama2","system":""}"#,
+            ),
+            (ChatTemplate::Mistral, r#"{"name":"mistral"}"#),
+            (ChatTemplate::Plain, r#"{"name":"plain"}"#),
+        ];
+        for (t, json) in cases {
+            assert_eq!(serde_json::to_string(&t).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ChatTemplate>(json).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn serde_accepts_bare_name_and_rejects_bad_input() {
+        assert_eq!(
+            serde_json::from_str::<ChatTemplate>(r#""llama2""#).unwrap(),
+            ChatTemplate::llama2()
+        );
+        let err = serde_json::from_str::<ChatTemplate>(r#""nope""#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("valid names"), "{err}");
+        let err = serde_json::from_str::<ChatTemplate>(r#"{"name":"mistral","system":"x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no system text"), "{err}");
+    }
+}
