@@ -116,10 +116,10 @@ mod tests {
     fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
         let plain = inv_freq(&cfg(""));
         let scaled = inv_freq(&cfg(
-            r#","rope_scaling":{"rope_type":"llama3","factor":4.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":16}"#,
+            r#","rope_scaling":{"rope_type":"llama3","factor":4.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":32}"#,
         ));
         assert_eq!(plain[0], 1.0);
-        assert_eq!(scaled[0], 1.0); // wavelength 2π < 16/4: untouched
+        assert_eq!(scaled[0], 1.0); // wavelength 2π < 32/4: untouched
         let last = plain.len() - 1; // wavelength 2π·500^(14/16) ≫ 16: divided by the factor
         assert!((scaled[last] - plain[last] / 4.0).abs() < 1e-9);
         let linear = inv_freq(&cfg(r#","rope_scaling":{"type":"linear","factor":2.0}"#));
