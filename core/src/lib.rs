@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod fsutil;
+pub mod generate;
 pub mod gguf;
 pub mod response;
 pub mod sampling;
@@ -23,6 +24,8 @@ pub mod model;
 pub mod rope;
 
 pub use batch::{Batch, PaddingSide};
+pub use generate::{generate, Generation, GenerationRequest};
 pub use kv_cache::KvCache;
 pub use lora::{ForwardCtx, LoraConfig};
 pub use model::{Llama, ScoreHead};
+pub use sampling::{FinishReason, SamplingParams, StopCriteria};

@@ -109,3 +109,51 @@ fn score_head_matches_llama_for_sequence_classification() {
         assert!(d <= TOL, "score {side}: {d}");
     }
 }
+
+fn greedy_requests(
+    f: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Vec<rllr_core::GenerationRequest> {
+    let batch = fixture_batch(f, "right");
+    let ids = rows_u32(&f["input_ids_right"]);
+    ids.iter()
+        .zip(batch.lengths())
+        .map(|(row, n)| rllr_core::GenerationRequest {
+            prompt: row[..n].to_vec(),
+            sampling: rllr_core::SamplingParams::greedy(),
+            stop: rllr_core::StopCriteria {
+                eos_ids: vec![],
+                stop_strings: vec![],
+                max_new_tokens: 32,
+            },
+        })
+        .collect()
+}
+
+#[test]
+fn greedy_32_tokens_match_transformers_alone_and_batched() {
+    let f = load_fixture("reference-tiny.safetensors");
+    let reqs = greedy_requests(&f);
+    for name in ["tiny-tied", "tiny-untied", "tiny-untied-lora"] {
+        let model = if name == "tiny-untied-lora" {
+            let mut m = open("tiny-untied");
+            checkpoint::load_adapter(&mut m, &fixtures_dir().join(name), "lora", false).unwrap();
+            m
+        } else {
+            open(name)
+        };
+        let ctx = if name == "tiny-untied-lora" {
+            ForwardCtx::with_adapter("lora")
+        } else {
+            ForwardCtx::default()
+        };
+        let expect = rows_u32(&f[&format!("{name}.greedy")]);
+        let batched = rllr_core::generate(&model, None, &reqs, &ctx, 0).unwrap();
+        for (i, r) in reqs.iter().enumerate() {
+            let alone =
+                rllr_core::generate(&model, None, std::slice::from_ref(r), &ctx, 0).unwrap();
+            assert_eq!(alone[0].tokens, expect[i], "{name} prompt {i} alone");
+            assert_eq!(batched[i].tokens, expect[i], "{name} prompt {i} batched");
+            assert_eq!(batched[i].finish, rllr_core::FinishReason::Length);
+        }
+    }
+}
