@@ -219,3 +219,41 @@ impl LogSoftmaxLast for Tensor {
             .unwrap()
     }
 }
+
+#[test]
+fn half_precision_runs_and_stays_close_to_f32() {
+    let cfg = tiny_config(false);
+    let f32m = Llama::random(&cfg, 9, DType::F32, &Device::Cpu).unwrap();
+    let batch = Batch::new(&prompts(), 0, PaddingSide::Left, &Device::Cpu).unwrap();
+    let reference = f32m.forward(&batch, &ForwardCtx::default()).unwrap();
+    let scale = reference
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let m = Llama::random(&cfg, 9, dtype, &Device::Cpu).unwrap();
+        let got = m.forward(&batch, &ForwardCtx::default()).unwrap();
+        assert_eq!(got.dtype(), DType::F32, "logits come out in f32");
+        let mut worst = 0f32;
+        for (r, mask) in batch.valid.iter().enumerate() {
+            for (c, real) in mask.iter().enumerate() {
+                if *real {
+                    let d = max_abs_diff(
+                        &got.get(r).unwrap().get(c).unwrap(),
+                        &reference.get(r).unwrap().get(c).unwrap(),
+                    );
+                    worst = worst.max(d);
+                }
+            }
+        }
+        assert!(
+            worst < 0.05 * scale,
+            "{dtype:?}: max |Δ| {worst} vs logit scale {scale}"
+        );
+    }
+}

@@ -157,3 +157,111 @@ fn greedy_32_tokens_match_transformers_alone_and_batched() {
         }
     }
 }
+
+/// A checkpoint written by rllr (tiny-untied with its LoRA adapter merged, and the score model)
+/// loads in transformers and gives rllr's logits/scores. Needs Python with torch + transformers:
+/// `cargo test -p rllr-tests --test parity -- --ignored transformers_loads`.
+#[test]
+#[ignore = "needs python3 with torch and transformers"]
+fn transformers_loads_rllr_written_checkpoints() {
+    let f = load_fixture("reference-tiny.safetensors");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("roundtrip");
+    std::fs::create_dir_all(&out).unwrap();
+    let batch = fixture_batch(&f, "left");
+    let mask = f["attention_mask_left"].clone();
+    let pos = f["position_ids_left"].clone();
+    let ids = f["input_ids_left"].clone();
+
+    let mut model = open("tiny-untied");
+    checkpoint::load_adapter(
+        &mut model,
+        &fixtures_dir().join("tiny-untied-lora"),
+        "lora",
+        false,
+    )
+    .unwrap();
+    let base = fixtures_dir().join("tiny-untied");
+    checkpoint::save_adapter(
+        &model,
+        "lora",
+        None,
+        base.to_str().unwrap(),
+        &out.join("adapter"),
+        None,
+    )
+    .unwrap();
+    let logits = model
+        .forward(&batch, &ForwardCtx::with_adapter("lora"))
+        .unwrap();
+    let expect: std::collections::HashMap<String, candle_core::Tensor> = [
+        ("input_ids".to_string(), ids.clone()),
+        ("attention_mask".to_string(), mask.clone()),
+        ("position_ids".to_string(), pos.clone()),
+        ("logits".to_string(), logits),
+    ]
+    .into();
+    candle_core::safetensors::save(&expect, out.join("adapter.expect.safetensors")).unwrap();
+    model.merge_adapter("lora").unwrap();
+    checkpoint::save_model(&model, &out.join("merged"), None, None, None).unwrap();
+    let logits = model.forward(&batch, &ForwardCtx::default()).unwrap();
+    let expect: std::collections::HashMap<String, candle_core::Tensor> = [
+        ("input_ids".to_string(), ids.clone()),
+        ("attention_mask".to_string(), mask.clone()),
+        ("position_ids".to_string(), pos.clone()),
+        ("logits".to_string(), logits),
+    ]
+    .into();
+    candle_core::safetensors::save(&expect, out.join("merged.expect.safetensors")).unwrap();
+
+    let score = open("tiny-tied-score");
+    checkpoint::save_model(&score, &out.join("score"), Some(SCORE_HEAD), None, None).unwrap();
+    let h = score.hidden_states(&batch, &ForwardCtx::default()).unwrap();
+    let scores = score.score(&h, &batch, SCORE_HEAD).unwrap();
+    let expect: std::collections::HashMap<String, candle_core::Tensor> = [
+        ("input_ids".to_string(), ids),
+        ("attention_mask".to_string(), mask),
+        ("position_ids".to_string(), pos),
+        ("scores".to_string(), scores),
+    ]
+    .into();
+    candle_core::safetensors::save(&expect, out.join("score.expect.safetensors")).unwrap();
+
+    let script = fixtures_dir().join("check_in_transformers.py");
+    let cases: [(&str, Vec<std::ffi::OsString>); 3] = [
+        ("merged", vec!["--model".into(), out.join("merged").into()]),
+        (
+            "score",
+            vec![
+                "--model".into(),
+                out.join("score").into(),
+                "--seq-cls".into(),
+            ],
+        ),
+        (
+            "adapter",
+            vec![
+                "--model".into(),
+                base.into(),
+                "--adapter".into(),
+                out.join("adapter").into(),
+            ],
+        ),
+    ];
+    for (dir, args) in cases {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script)
+            .args(args)
+            .arg("--expect")
+            .arg(out.join(format!("{dir}.expect.safetensors")));
+        let o = cmd.output().expect("python3 runs");
+        println!(
+            "{dir}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.status.success(),
+            "transformers disagrees with rllr on {dir}"
+        );
+    }
+}
