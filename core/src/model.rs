@@ -781,3 +781,32 @@ pub fn weight_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(bias: &Tensor) -> Vec<Vec<bool>> {
+        let (b, _, _, l, t) = bias.dims5().unwrap();
+        let v = bias.reshape((b * l, t)).unwrap().to_vec2::<f32>().unwrap();
+        v.into_iter()
+            .map(|r| r.into_iter().map(|x| x == 0.0).collect())
+            .collect()
+    }
+
+    #[test]
+    fn bias_is_causal_over_real_keys_and_honours_the_sliding_window() {
+        let pos = vec![vec![0, 0, 1, 2]]; // one left pad, then three real tokens
+        let valid = vec![vec![false, true, true, true]];
+        let full = allowed(&attention_bias(&pos, &pos, &valid, None, &Device::Cpu).unwrap());
+        assert_eq!(full[3], vec![false, true, true, true]);
+        assert_eq!(full[2], vec![false, true, true, false]);
+        assert_eq!(full[1], vec![false, true, false, false]);
+        let win = allowed(&attention_bias(&pos, &pos, &valid, Some(2), &Device::Cpu).unwrap());
+        assert_eq!(
+            win[3],
+            vec![false, false, true, true],
+            "window 2: position 2 sees positions 1 and 2"
+        );
+    }
+}

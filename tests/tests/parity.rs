@@ -265,3 +265,51 @@ fn transformers_loads_rllr_written_checkpoints() {
         );
     }
 }
+
+#[test]
+fn sharded_checkpoints_load_like_single_file_ones() {
+    let f = load_fixture("reference-tiny.safetensors");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures_dir().join("tiny-untied");
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let part: std::collections::HashMap<String, candle_core::Tensor> = chunk
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&part, tmp.path().join(&file)).unwrap();
+        for n in chunk {
+            weight_map.insert((*n).clone(), serde_json::json!(file));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let ckpt = Checkpoint::open(tmp.path()).unwrap();
+    assert_eq!(ckpt.weight_files().unwrap().len(), 2);
+    let model = ckpt.load_model(DType::F32, &Device::Cpu).unwrap();
+    let batch = fixture_batch(&f, "right");
+    let d = max_diff_on_real(
+        &model.forward(&batch, &ForwardCtx::default()).unwrap(),
+        &f["tiny-untied.logits_right"],
+        &batch,
+    );
+    assert!(d <= TOL, "sharded: {d}");
+    // a missing shard is a clear error, not a panic
+    std::fs::remove_file(tmp.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let err = Checkpoint::open(tmp.path())
+        .unwrap()
+        .load_model(DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("missing shard"), "{err}");
+}
