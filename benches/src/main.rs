@@ -17,7 +17,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
 use rllr_core::checkpoint::Checkpoint;
-use rllr_core::{generate, Batch, ForwardCtx, GenerationRequest, PaddingSide, SamplingParams, StopCriteria};
+use rllr_core::{
+    generate, Batch, ForwardCtx, GenerationRequest, PaddingSide, SamplingParams, StopCriteria,
+};
 use serde_json::{json, Value};
 
 #[global_allocator]
@@ -28,7 +30,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version, about)]
 struct Args {
     /// HF-layout model directory (e.g. from scripts/fetch-smollm2.sh), used by both sides.
-    #[arg(long, env = "RLLR_BENCH_MODEL", default_value = "models/smollm2-135m-instruct")]
+    #[arg(
+        long,
+        env = "RLLR_BENCH_MODEL",
+        default_value = "models/smollm2-135m-instruct"
+    )]
     model: PathBuf,
     /// Threads for both engines; ratios are only fair at equal thread counts.
     #[arg(long, env = "RLLR_BENCH_THREADS", default_value_t = 2)]
@@ -37,7 +43,11 @@ struct Args {
     #[arg(long, env = "RLLR_BENCH_REPEATS", default_value_t = 3)]
     repeats: usize,
     /// Comma-separated subset of: forward_8x128, forward_32x128, decode_b1_64, decode_b8_64.
-    #[arg(long, env = "RLLR_BENCH_ONLY", default_value = "forward_8x128,forward_32x128,decode_b1_64,decode_b8_64")]
+    #[arg(
+        long,
+        env = "RLLR_BENCH_ONLY",
+        default_value = "forward_8x128,forward_32x128,decode_b1_64,decode_b8_64"
+    )]
     only: String,
     /// Skip the PyTorch peer (no Python needed; no ratios).
     #[arg(long, env = "RLLR_BENCH_NO_PEER")]
@@ -68,10 +78,14 @@ fn time_runs(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f6
 
 /// Deterministic pseudo-random ids (an LCG), so both sides see full-vocabulary inputs.
 fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) % vocab as u64) as u32
         })
         .collect()
@@ -89,7 +103,10 @@ fn run_rllr(args: &Args, which: &[&str]) -> Result<Value> {
                 let b = if *name == "forward_8x128" { 8 } else { 32 };
                 let seqs: Vec<Vec<u32>> = (0..b).map(|i| ids(128, vocab, i as u64)).collect();
                 let batch = Batch::new(&seqs, 0, PaddingSide::Right, &Device::Cpu)?;
-                (time_runs(args.repeats, || Ok(drop(model.forward(&batch, &ctx)?)))?, None)
+                (
+                    time_runs(args.repeats, || Ok(drop(model.forward(&batch, &ctx)?)))?,
+                    None,
+                )
             }
             "decode_b1_64" | "decode_b8_64" => {
                 let b = if *name == "decode_b1_64" { 1 } else { 8 };
@@ -97,10 +114,19 @@ fn run_rllr(args: &Args, which: &[&str]) -> Result<Value> {
                     .map(|i| GenerationRequest {
                         prompt: ids(32, vocab, 100 + i as u64),
                         sampling: SamplingParams::greedy(),
-                        stop: StopCriteria { eos_ids: vec![], stop_strings: vec![], max_new_tokens: 64 },
+                        stop: StopCriteria {
+                            eos_ids: vec![],
+                            stop_strings: vec![],
+                            max_new_tokens: 64,
+                        },
                     })
                     .collect();
-                (time_runs(args.repeats, || Ok(drop(generate(&model, None, &reqs, &ctx, 0)?)))?, Some(b * 64))
+                (
+                    time_runs(args.repeats, || {
+                        Ok(drop(generate(&model, None, &reqs, &ctx, 0)?))
+                    })?,
+                    Some(b * 64),
+                )
             }
             other => bail!("unknown measurement '{other}'"),
         };
@@ -135,7 +161,8 @@ fn run_peer(args: &Args, which: &[&str]) -> Result<Value> {
     if !status.success() {
         bail!("PyTorch peer failed ({status}); rerun with --no-peer to skip it");
     }
-    let text = std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    let text =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
     Ok(serde_json::from_str(&text)?)
 }
 
@@ -147,24 +174,49 @@ fn main() -> Result<()> {
     let args = Args::parse();
     // candle and gemm size their pools from RAYON_NUM_THREADS; set it before any pool starts.
     std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
-    let which: Vec<&str> = args.only.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let which: Vec<&str> = args
+        .only
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     let rllr = run_rllr(&args, &which)?;
-    let peer = if args.no_peer { Value::Null } else { run_peer(&args, &which)? };
-    println!("\n| work | rllr (s) | PyTorch (s) | rllr / PyTorch time | rllr tok/s | PyTorch tok/s |");
+    let peer = if args.no_peer {
+        Value::Null
+    } else {
+        run_peer(&args, &which)?
+    };
+    println!(
+        "\n| work | rllr (s) | PyTorch (s) | rllr / PyTorch time | rllr tok/s | PyTorch tok/s |"
+    );
     println!("|---|---|---|---|---|---|");
     for name in &which {
         let r = &rllr[*name];
         let p = &peer["results"][*name];
-        let (rs, ps) = (r["median_s"].as_f64().unwrap_or(f64::NAN), p["median_s"].as_f64().unwrap_or(f64::NAN));
-        let tok = |v: &Value| v["tokens_per_s"].as_f64().map(|t| format!("{t:.1}")).unwrap_or_else(|| "-".into());
-        println!("| {name} | {rs:.4} | {ps:.4} | {:.2}× | {} | {} |", rs / ps, tok(r), tok(p));
+        let (rs, ps) = (
+            r["median_s"].as_f64().unwrap_or(f64::NAN),
+            p["median_s"].as_f64().unwrap_or(f64::NAN),
+        );
+        let tok = |v: &Value| {
+            v["tokens_per_s"]
+                .as_f64()
+                .map(|t| format!("{t:.1}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "| {name} | {rs:.4} | {ps:.4} | {:.2}× | {} | {} |",
+            rs / ps,
+            tok(r),
+            tok(p)
+        );
     }
     let report = json!({
         "model": args.model, "threads": args.threads, "repeats": args.repeats,
         "rllr": rllr, "peer": peer,
     });
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
