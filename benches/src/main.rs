@@ -104,7 +104,9 @@ fn run_rllr(args: &Args, which: &[&str]) -> Result<Value> {
                 let seqs: Vec<Vec<u32>> = (0..b).map(|i| ids(128, vocab, i as u64)).collect();
                 let batch = Batch::new(&seqs, 0, PaddingSide::Right, &Device::Cpu)?;
                 (
-                    time_runs(args.repeats, || Ok(drop(model.forward(&batch, &ctx)?)))?,
+                    time_runs(args.repeats, || {
+                        model.forward(&batch, &ctx).map(drop).map_err(Into::into)
+                    })?,
                     None,
                 )
             }
@@ -123,7 +125,9 @@ fn run_rllr(args: &Args, which: &[&str]) -> Result<Value> {
                     .collect();
                 (
                     time_runs(args.repeats, || {
-                        Ok(drop(generate(&model, None, &reqs, &ctx, 0)?))
+                        generate(&model, None, &reqs, &ctx, 0)
+                            .map(drop)
+                            .map_err(Into::into)
                     })?,
                     Some(b * 64),
                 )
