@@ -19,11 +19,10 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
-pub use tokenizer::{merges_from_scores, TokenizerSpec};
-
 use crate::checkpoint::save_model_dir;
 use crate::config::{RopeScaling, TokenIds};
 use crate::{Config, Error, Result};
+use tokenizer::TokenizerSpec;
 
 /// Everything a GGUF file holds, in Hugging Face form.
 pub struct GgufImport {
@@ -485,6 +484,12 @@ fn load_tensor<R: Read + Seek>(
     config: &Config,
 ) -> Result<Option<(String, Tensor)>> {
     let info = &content.tensor_infos[gguf_name];
+    if gguf_name == "rope_freqs.weight" {
+        tracing::warn!(
+            "the file has rope_freqs.weight (Llama-3.1-style RoPE scaling); it is not converted into \
+             rope_scaling, so positions beyond the original context will differ from llama.cpp"
+        );
+    }
     let Some(hf_name) = hf_tensor_name(gguf_name) else {
         tracing::warn!(
             "skipping tensor '{gguf_name}' ({:?}): no Hugging Face counterpart",

@@ -146,3 +146,47 @@ fn refuse_existing(dest: &Path, overwrite: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn convert_parses_its_flags() {
+        let argv = [
+            "rllr-train",
+            "convert",
+            "--from",
+            "m.gguf",
+            "--to",
+            "out",
+            "--dtype",
+            "bf16",
+        ];
+        let Command::Convert(args) = Cli::try_parse_from(argv).unwrap().command;
+        assert_eq!(args.from, PathBuf::from("m.gguf"));
+        assert_eq!(args.to, PathBuf::from("out"));
+        assert_eq!(DType::from(args.dtype), DType::BF16);
+        assert!(!args.overwrite);
+        assert!(
+            Cli::try_parse_from(["rllr-train", "convert", "--to", "out"]).is_err(),
+            "--from is required"
+        );
+    }
+
+    #[test]
+    fn existing_destination_needs_overwrite() {
+        let existing = std::env::temp_dir();
+        let e = refuse_existing(&existing, false).unwrap_err().to_string();
+        assert!(e.contains("--overwrite"), "{e}");
+        assert!(refuse_existing(&existing, true).is_ok());
+        assert!(refuse_existing(&existing.join("rllr-no-such-dir-4f1c"), false).is_ok());
+    }
+}
