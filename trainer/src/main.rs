@@ -1,1 +1,192 @@
-fn main() {}
+//! `rllr-train`: the offline half of rllr, one subcommand per job (convert, and later sft, reward,
+//! ppo, eval). Each flag can also come from an `RLLR_*` environment variable, so runs are scriptable
+//! and reproducible from a shell file or a job spec.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::DType;
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use rllr_core::gguf::{import_gguf_with_progress, write_hf_checkpoint};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rllr-train",
+    version,
+    about = "Convert, fine-tune and evaluate Llama-family models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Import a llama.cpp GGUF file as a Hugging Face model directory (config.json,
+    /// model.safetensors, tokenizer.json, ...) that rllr and transformers both load.
+    Convert(ConvertArgs),
+}
+
+/// Element type of the written weights.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum WeightDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<WeightDtype> for DType {
+    fn from(d: WeightDtype) -> Self {
+        match d {
+            WeightDtype::F32 => DType::F32,
+            WeightDtype::F16 => DType::F16,
+            WeightDtype::Bf16 => DType::BF16,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ConvertArgs {
+    /// The GGUF file to import. Only `llama`-architecture files (Llama, SmolLM2, ...) are
+    /// supported; quantised tensors are dequantised, so training starts from full-precision weights.
+    #[arg(long, env = "RLLR_CONVERT_FROM")]
+    from: PathBuf,
+    /// Destination model directory. It is written atomically (a crash leaves no half-written
+    /// model), in the Hugging Face layout, so transformers can load it too.
+    #[arg(long, env = "RLLR_CONVERT_TO")]
+    to: PathBuf,
+    /// Weight element type on disk: f32 (default) keeps the dequantised values exactly and is
+    /// what training wants; f16/bf16 halve the size for inference-only use.
+    #[arg(long, env = "RLLR_CONVERT_DTYPE", value_enum, default_value_t = WeightDtype::F32)]
+    dtype: WeightDtype,
+    /// Replace an existing model at the destination. Off by default so a conversion never
+    /// clobbers a fine-tuned checkpoint by accident.
+    #[arg(long, env = "RLLR_CONVERT_OVERWRITE")]
+    overwrite: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Convert(args) => convert(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template("{spinner} dequantising [{bar:40}] {pos}/{len} {msg}")
+        .expect("static template")
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    if !args.from.is_file() {
+        bail!("--from {}: no such file", args.from.display());
+    }
+    refuse_existing(&args.to, args.overwrite)?;
+    let bar = progress_bar();
+    let import = import_gguf_with_progress(&args.from, |done, total, name| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(name.to_string());
+    })
+    .with_context(|| format!("importing {}", args.from.display()));
+    bar.finish_and_clear();
+    let import = import?;
+    write_hf_checkpoint(&import, &args.to, args.dtype.into())
+        .with_context(|| format!("writing {}", args.to.display()))?;
+    let c = &import.config;
+    println!(
+        "converted {} -> {}\n  params {} ({:.1}M), layers {}, hidden {}, heads {}/{} (q/kv), vocab {}, tied embeddings {}, dtype {:?}\n  took {:.1}s",
+        args.from.display(),
+        args.to.display(),
+        import.num_params(),
+        import.num_params() as f64 / 1e6,
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_kv_heads(),
+        c.vocab_size,
+        c.tie_word_embeddings,
+        args.dtype,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Refuse to write over an existing model unless asked to.
+fn refuse_existing(dest: &Path, overwrite: bool) -> anyhow::Result<()> {
+    if dest.exists() && !overwrite {
+        bail!(
+            "--to {} already exists; pass --overwrite (RLLR_CONVERT_OVERWRITE=1) to replace it",
+            dest.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn convert_parses_its_flags() {
+        let argv = [
+            "rllr-train",
+            "convert",
+            "--from",
+            "m.gguf",
+            "--to",
+            "out",
+            "--dtype",
+            "bf16",
+        ];
+        let Command::Convert(args) = Cli::try_parse_from(argv).unwrap().command;
+        assert_eq!(args.from, PathBuf::from("m.gguf"));
+        assert_eq!(args.to, PathBuf::from("out"));
+        assert_eq!(DType::from(args.dtype), DType::BF16);
+        assert!(!args.overwrite);
+        assert!(
+            Cli::try_parse_from(["rllr-train", "convert", "--to", "out"]).is_err(),
+            "--from is required"
+        );
+    }
+
+    #[test]
+    fn existing_destination_needs_overwrite() {
+        let existing = std::env::temp_dir();
+        let e = refuse_existing(&existing, false).unwrap_err().to_string();
+        assert!(e.contains("--overwrite"), "{e}");
+        assert!(refuse_existing(&existing, true).is_ok());
+        assert!(refuse_existing(&existing.join("rllr-no-such-dir-4f1c"), false).is_ok());
+    }
+}
