@@ -30,6 +30,7 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
         .tempfile_in(tmp_dir)
         .map_err(|e| Error::io(tmp_dir, e))?;
     candle_core::safetensors::save(&map, tmp.path())?;
+    crate::fsutil::set_mode(tmp.path(), 0o644)?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }

@@ -22,7 +22,23 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    set_mode(tmp.path(), 0o644)?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Temp files and dirs are created private (0600/0700); checkpoints are meant to be shared
+/// (e.g. read by a server running as another user), so give them ordinary permissions.
+#[cfg(unix)]
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(path, e))
+}
+
+/// No-op where Unix permissions do not exist.
+#[cfg(not(unix))]
+pub fn set_mode(_path: &Path, _mode: u32) -> Result<()> {
     Ok(())
 }
 
@@ -43,6 +59,7 @@ where
         .tempdir_in(&parent)
         .map_err(|e| Error::io(&parent, e))?;
     fill(tmp.path())?;
+    set_mode(tmp.path(), 0o755)?;
     let staged = tmp.keep();
     if dest.exists() {
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));

@@ -21,6 +21,8 @@ use serde_json::json;
 
 use crate::checkpoint::save_model_dir;
 use crate::config::{RopeScaling, TokenIds};
+use crate::manifest::{Manifest, ModelKind, MANIFEST_FILE};
+use crate::template::ChatTemplate;
 use crate::{Config, Error, Result};
 use tokenizer::TokenizerSpec;
 
@@ -97,6 +99,30 @@ pub fn import_gguf_with_progress(
 /// `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
 /// `generation_config.json`, `special_tokens_map.json`.
 pub fn write_hf_checkpoint(import: &GgufImport, dest: &Path, dtype: DType) -> Result<()> {
+    write_hf_checkpoint_with(import, dest, dtype, &base_manifest(import, None))
+}
+
+/// The `rllr.json` of an imported base model: kind `base`, the chat template its tokenizer
+/// config declares, and where it came from.
+pub fn base_manifest(import: &GgufImport, source: Option<&Path>) -> Manifest {
+    let mut m = Manifest::new(ModelKind::Base, "convert");
+    m.chat_template = import
+        .tokenizer_config
+        .get("chat_template")
+        .and_then(|t| t.as_str())
+        .and_then(ChatTemplate::detect)
+        .map(|t| t.name().to_string());
+    m.provenance.source = source.map(|p| p.display().to_string());
+    m
+}
+
+/// [`write_hf_checkpoint`] with a given manifest (e.g. recording the source file).
+pub fn write_hf_checkpoint_with(
+    import: &GgufImport,
+    dest: &Path,
+    dtype: DType,
+    manifest: &Manifest,
+) -> Result<()> {
     let torch_dtype = match dtype {
         DType::F32 => "float32",
         DType::F16 => "float16",
@@ -130,6 +156,7 @@ pub fn write_hf_checkpoint(import: &GgufImport, dest: &Path, dtype: DType) -> Re
             "special_tokens_map.json",
             pretty(&import.special_tokens_map),
         ),
+        (MANIFEST_FILE, manifest.to_json().into_bytes()),
     ];
     save_model_dir(dest, &config, &tensors, &extra)
 }

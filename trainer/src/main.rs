@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 use candle_core::DType;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use rllr_core::gguf::{import_gguf_with_progress, write_hf_checkpoint};
+use rllr_core::gguf::{base_manifest, import_gguf_with_progress, write_hf_checkpoint_with};
+
+mod generate;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -31,6 +33,9 @@ enum Command {
     /// Import a llama.cpp GGUF file as a Hugging Face model directory (config.json,
     /// model.safetensors, tokenizer.json, ...) that rllr and transformers both load.
     Convert(ConvertArgs),
+    /// Generate answers with a model for one or more prompts (batched), rendered with the
+    /// model's chat template: the quickest check that a checkpoint works.
+    Generate(generate::GenerateArgs),
 }
 
 /// Element type of the written weights.
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Convert(args) => convert(&args),
+        Command::Generate(args) => generate::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,7 +121,8 @@ fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
     .with_context(|| format!("importing {}", args.from.display()));
     bar.finish_and_clear();
     let import = import?;
-    write_hf_checkpoint(&import, &args.to, args.dtype.into())
+    let manifest = base_manifest(&import, Some(&args.from));
+    write_hf_checkpoint_with(&import, &args.to, args.dtype.into(), &manifest)
         .with_context(|| format!("writing {}", args.to.display()))?;
     let c = &import.config;
     println!(
@@ -170,7 +177,9 @@ mod tests {
             "--dtype",
             "bf16",
         ];
-        let Command::Convert(args) = Cli::try_parse_from(argv).unwrap().command;
+        let Command::Convert(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("convert parses as Convert");
+        };
         assert_eq!(args.from, PathBuf::from("m.gguf"));
         assert_eq!(args.to, PathBuf::from("out"));
         assert_eq!(DType::from(args.dtype), DType::BF16);

@@ -290,15 +290,28 @@ fn unpermute_inverts_llama_cpp_permute() {
 
 /// The real SmolLM2-135M-Instruct GGUF (`scripts/fetch-smollm2.sh` downloads it): its tokenizer
 /// must give transformers' ids on the committed cases. Run with
-/// `RLLR_SMOLLM2_GGUF=path cargo test -p rllr-core -- --ignored smollm2`.
+/// `cargo test -p rllr-core -- --ignored smollm2`; the file is looked up at `RLLR_SMOLLM2_GGUF`, else
+/// in the fetch script's cache (`$RLLR_CACHE_DIR`, default `~/.cache/rllr`).
 #[test]
-#[ignore = "needs the SmolLM2 GGUF (RLLR_SMOLLM2_GGUF)"]
+#[ignore = "needs the SmolLM2 GGUF (scripts/fetch-smollm2.sh)"]
 fn smollm2_tokenizer_matches_transformers() {
-    let Some(path) = std::env::var_os("RLLR_SMOLLM2_GGUF") else {
-        eprintln!("skipping: set RLLR_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf");
-        return;
-    };
-    let tok = read_tokenizer(Path::new(&path)).unwrap();
+    let path = std::env::var_os("RLLR_SMOLLM2_GGUF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("RLLR_CACHE_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".cache/rllr")
+                });
+            cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.exists(),
+        "{} not found: run scripts/fetch-smollm2.sh or set RLLR_SMOLLM2_GGUF",
+        path.display()
+    );
+    let tok = read_tokenizer(&path).unwrap();
     let n = check_cases(&tok, &fixture("smollm2_tokenizer_cases.json"));
     assert!(n >= 20);
     assert_eq!(tok.encode("<|im_start|>", false).unwrap().get_ids(), &[1]);
