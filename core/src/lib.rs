@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod response;
 pub mod sampling;
+pub mod task;
 pub mod template;
 
 pub use config::Config;

@@ -83,6 +83,10 @@ pub struct Manifest {
     /// The answer-line prefix of the CoT response format (`Answer:`).
     #[serde(default = "default_prefix")]
     pub answer_prefix: String,
+    /// The full task spec (instruction, input fields, labels), so a served model renders prompts
+    /// exactly as it was trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_spec: Option<crate::task::TaskSpec>,
     /// Whether targets carried rationales (CoT) or the label alone.
     #[serde(default)]
     pub rationales: bool,
@@ -112,6 +116,7 @@ impl Manifest {
             kind,
             task: None,
             labels: Vec::new(),
+            task_spec: None,
             answer_prefix: default_prefix(),
             rationales: false,
             chat_template: None,
