@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dataset;
 pub mod device;
 pub mod error;
 pub mod fsutil;

@@ -126,28 +126,65 @@ impl TaskSpec {
         }
     }
 
-    /// The user turn for one example: the instruction, a newline, then the input — a single text
-    /// as is, a pair as `Field1: text1\nField2: text2`.
+    /// Read a task spec file (`data/tasks/<name>.json`) and validate it.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let spec: TaskSpec = serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The user turn for one example: the instruction, a newline, then [`TaskSpec::input_text`].
     pub fn query(&self, input: &TaskInput) -> Result<String> {
-        let body = match (input, self.input_fields.as_slice()) {
-            (TaskInput::Single(t), [_]) => t.clone(),
+        Ok(template::query(&self.instruction, &self.input_text(input)?))
+    }
+
+    /// The input part of the user turn: a single text as is, a pair as
+    /// `Field1: text1\nField2: text2` (the alpaca `input` field of the reference code).
+    pub fn input_text(&self, input: &TaskInput) -> Result<String> {
+        match (input, self.input_fields.as_slice()) {
+            (TaskInput::Single(t), [_]) => Ok(t.clone()),
             (TaskInput::Pair(a, b), [fa, fb]) => {
-                format!("{}: {a}\n{}: {b}", capitalize(fa), capitalize(fb))
+                Ok(format!("{}: {a}\n{}: {b}", capitalize(fa), capitalize(fb)))
             }
-            (TaskInput::Single(_), _) => {
-                return Err(Error::Input(format!(
-                    "task '{}' takes a text pair, got one text",
-                    self.name
-                )))
+            (TaskInput::Single(_), _) => Err(Error::Input(format!(
+                "task '{}' takes a text pair, got one text",
+                self.name
+            ))),
+            (TaskInput::Pair(..), _) => Err(Error::Input(format!(
+                "task '{}' takes one text, got a pair",
+                self.name
+            ))),
+        }
+    }
+
+    /// Inverse of [`TaskSpec::input_text`]: split an alpaca `input` back into this task's fields.
+    pub fn parse_input_text(&self, text: &str) -> Result<TaskInput> {
+        match self.input_fields.as_slice() {
+            [_] => Ok(TaskInput::Single(text.to_string())),
+            [fa, fb] => {
+                let (pa, pb) = (
+                    format!("{}: ", capitalize(fa)),
+                    format!("\n{}: ", capitalize(fb)),
+                );
+                let rest = text.strip_prefix(&pa);
+                let split = rest.and_then(|r| r.find(&pb).map(|i| (&r[..i], &r[i + pb.len()..])));
+                split
+                    .map(|(a, b)| TaskInput::Pair(a.to_string(), b.to_string()))
+                    .ok_or_else(|| {
+                        Error::Input(format!(
+                            "task '{}': input does not read '{}…{}…'",
+                            self.name,
+                            pa,
+                            pb.trim_start()
+                        ))
+                    })
             }
-            (TaskInput::Pair(..), _) => {
-                return Err(Error::Input(format!(
-                    "task '{}' takes one text, got a pair",
-                    self.name
-                )))
-            }
-        };
-        Ok(template::query(&self.instruction, &body))
+            _ => Err(Error::Config(format!(
+                "task '{}': input_fields must name 1 or 2 fields",
+                self.name
+            ))),
+        }
     }
 }
 
@@ -194,6 +231,10 @@ mod tests {
             .to_string()
             .contains("entailment, neutral, contradiction"));
         assert_eq!(t.metric, "accuracy");
+        let pair = TaskInput::Pair("a: b".into(), "c\nd".into());
+        let text = t.input_text(&pair).unwrap();
+        assert_eq!(t.parse_input_text(&text).unwrap(), pair);
+        assert!(t.parse_input_text("no fields").is_err());
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub struct GenerateArgs {
 
 /// Pick the chat template: explicit name, else the manifest's, else detected from the tokenizer
 /// config's jinja template, else plain.
-fn resolve_template(name: &str, ckpt: &Checkpoint) -> anyhow::Result<ChatTemplate> {
+pub(crate) fn resolve_template(name: &str, ckpt: &Checkpoint) -> anyhow::Result<ChatTemplate> {
     if name != "auto" {
         return Ok(ChatTemplate::from_name(name)?);
     }

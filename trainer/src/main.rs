@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use rllr_core::gguf::{base_manifest, import_gguf_with_progress, write_hf_checkpoint_with};
 
+mod data;
 mod generate;
+mod pairs;
+mod rationalize;
+mod teacher;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -36,6 +40,14 @@ enum Command {
     /// Generate answers with a model for one or more prompts (batched), rendered with the
     /// model's chat template: the quickest check that a checkpoint works.
     Generate(generate::GenerateArgs),
+    /// Bundled task data: build the JSONL splits from the raw datasets, import/export the
+    /// reference code's alpaca JSON.
+    Data(data::cli::DataArgs),
+    /// Write rationales with a teacher (dataset, openai, local) for the gold label and k wrong
+    /// labels of every example; resumable.
+    Rationalize(rationalize::RationalizeArgs),
+    /// Build label-sensitive, rationale-sensitive or held-out test preference pairs.
+    Pairs(pairs::PairsArgs),
 }
 
 /// Element type of the written weights.
@@ -87,6 +99,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Convert(args) => convert(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Data(args) => data::cli::run(&args),
+        Command::Rationalize(args) => rationalize::run(&args),
+        Command::Pairs(args) => pairs::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
