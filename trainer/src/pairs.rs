@@ -266,7 +266,7 @@ pub fn rationale_pairs(
                 ))
             })
             .collect();
-        ranked.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        ranked.sort_by_key(|a| (a.0, a.1));
         let (Some(best), Some(worst)) = (ranked.first(), ranked.last()) else {
             continue;
         };

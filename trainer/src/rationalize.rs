@@ -236,19 +236,26 @@ fn plan<'a>(
     todo
 }
 
+/// Which labels to rationalise and how much work goes between synced appends.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub wrong_labels: WrongLabels,
+    pub seed: u64,
+    pub chunk: usize,
+}
+
 /// Run `teacher` over `examples`, appending to `output`; returns the summary.
 pub fn rationalize(
     teacher: &dyn Teacher,
     task: &rllr_core::task::TaskSpec,
     examples: &[Example],
     output: &Path,
-    k: WrongLabels,
-    seed: u64,
-    chunk: usize,
+    opts: RunOptions,
     bar: &ProgressBar,
 ) -> anyhow::Result<Summary> {
     let done = resume_state(output)?;
     let mut summary = Summary::default();
+    let (k, seed, chunk) = (opts.wrong_labels, opts.seed, opts.chunk);
     let todo = plan(task, examples, k, seed, &done, &mut summary);
     bar.set_length(todo.len() as u64);
     let source = teacher.source();
@@ -344,9 +351,11 @@ pub fn run(args: &RationalizeArgs) -> anyhow::Result<()> {
         &task,
         &examples,
         &args.output,
-        args.wrong_labels,
-        args.seed,
-        args.chunk,
+        RunOptions {
+            wrong_labels: args.wrong_labels,
+            seed: args.seed,
+            chunk: args.chunk,
+        },
         &bar,
     )?;
     println!(
@@ -401,12 +410,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("r.jsonl");
         let bar = ProgressBar::hidden();
-        let s = rationalize(&Echo, &task, &exs[..1], &out, WrongLabels::All, 0, 1, &bar).unwrap();
+        let opts = |chunk| RunOptions {
+            wrong_labels: WrongLabels::All,
+            seed: 0,
+            chunk,
+        };
+        let s = rationalize(&Echo, &task, &exs[..1], &out, opts(1), &bar).unwrap();
         assert_eq!((s.written, s.gold_written), (2, 1));
         // a kill mid-append leaves a torn line
         let mut f = OpenOptions::new().append(true).open(&out).unwrap();
         f.write_all(b"{\"id\":\"c\",\"ta").unwrap();
-        let s = rationalize(&Echo, &task, &exs, &out, WrongLabels::All, 0, 2, &bar).unwrap();
+        let s = rationalize(&Echo, &task, &exs, &out, opts(2), &bar).unwrap();
         assert_eq!(s.requested, 6);
         assert_eq!(s.already_done, 2);
         assert_eq!(s.written, 2);

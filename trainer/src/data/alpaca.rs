@@ -218,7 +218,7 @@ mod tests {
             "Same.\nAnswer: equivalent".into(),
             "Different.\nAnswer: not equivalent".into(),
         ]));
-        let got = import(&task, &[pair.clone()]).unwrap();
+        let got = import(&task, std::slice::from_ref(&pair)).unwrap();
         assert_eq!(got.pairs[0].kind, PairKind::Label);
         assert_eq!(got.pairs[0].rejected_label, "not_equivalent");
         assert_eq!(export_pairs(&task, &got.pairs).unwrap(), vec![pair]);
