@@ -173,14 +173,7 @@ impl Checkpoint {
 
     /// `tokenizer_config.json`, if present (chat template, special tokens).
     pub fn tokenizer_config(&self) -> Result<Option<serde_json::Value>> {
-        let path = self.dir.join("tokenizer_config.json");
-        if !path.exists() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| Error::json(&path, e))
+        crate::fsutil::read_json_opt(&self.dir.join("tokenizer_config.json"))
     }
 }
 

@@ -15,6 +15,17 @@ fn parent_of(path: &Path) -> PathBuf {
     }
 }
 
+/// Read and parse a JSON file, `None` when it does not exist.
+pub fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::json(path, e))
+}
+
 /// Write `bytes` to `path` atomically (temp file in the same directory, fsync, rename).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_of(path);

@@ -24,6 +24,7 @@ pub mod kv_cache;
 pub mod lora;
 pub mod manifest;
 pub mod model;
+pub mod numerics;
 pub mod rope;
 
 pub use batch::{Batch, PaddingSide};

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::write_file_atomic;
-use crate::{Error, Result};
+use crate::Result;
 
 /// File name inside a checkpoint directory.
 pub const MANIFEST_FILE: &str = "rllr.json";
@@ -129,14 +129,7 @@ impl Manifest {
 
     /// Read `rllr.json` from a checkpoint directory, `None` if absent.
     pub fn read(dir: &Path) -> Result<Option<Self>> {
-        let path = dir.join(MANIFEST_FILE);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| Error::json(&path, e))
+        crate::fsutil::read_json_opt(&dir.join(MANIFEST_FILE))
     }
 
     /// Write `rllr.json` into `dir` atomically.

@@ -136,20 +136,8 @@ mod tests {
             .unwrap();
         let (cos, sin) = rope.tables(&[vec![0, 5]]).unwrap();
         let y = apply(&x, &cos, &sin).unwrap();
-        let x4 = x
-            .squeeze(0)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        let y4 = y
-            .squeeze(0)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let rows = |t: &Tensor| t.reshape((2, 16)).unwrap().to_vec2::<f32>().unwrap();
+        let (x4, y4) = (rows(&x), rows(&y));
         assert_eq!(x4[0], y4[0]);
         let n = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
         assert!((n(&x4[1]) - n(&y4[1])).abs() < 1e-3);

@@ -23,16 +23,7 @@ fn prompts() -> Vec<Vec<u32>> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    rllr_core::numerics::max_abs_diff(a, b).unwrap()
 }
 
 /// Logits of each sequence run alone, (len, vocab).
@@ -226,15 +217,7 @@ fn half_precision_runs_and_stays_close_to_f32() {
     let f32m = Llama::random(&cfg, 9, DType::F32, &Device::Cpu).unwrap();
     let batch = Batch::new(&prompts(), 0, PaddingSide::Left, &Device::Cpu).unwrap();
     let reference = f32m.forward(&batch, &ForwardCtx::default()).unwrap();
-    let scale = reference
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = rllr_core::numerics::max_abs(&reference).unwrap();
     for dtype in [DType::BF16, DType::F16] {
         let m = Llama::random(&cfg, 9, dtype, &Device::Cpu).unwrap();
         let got = m.forward(&batch, &ForwardCtx::default()).unwrap();

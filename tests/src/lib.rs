@@ -63,12 +63,5 @@ pub fn max_diff_on_real(a: &Tensor, b: &Tensor, batch: &Batch) -> f32 {
 
 /// max |a − b| over all elements.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a.to_dtype(candle_core::DType::F32).expect("f32")
-        - b.to_dtype(candle_core::DType::F32).expect("f32"))
-    .expect("same shape");
-    d.abs()
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("max")
+    rllr_core::numerics::max_abs_diff(a, b).expect("same shape")
 }

@@ -11,6 +11,19 @@ use rllr_tests::{
 
 const TOL: f32 = 1e-4;
 
+/// tiny-untied with the PEFT adapter of the fixtures loaded as `lora`.
+fn open_with_lora() -> rllr_core::Llama {
+    let mut m = open("tiny-untied");
+    checkpoint::load_adapter(
+        &mut m,
+        &fixtures_dir().join("tiny-untied-lora"),
+        "lora",
+        false,
+    )
+    .unwrap();
+    m
+}
+
 fn open(name: &str) -> rllr_core::Llama {
     Checkpoint::open(fixtures_dir().join(name))
         .unwrap()
@@ -39,14 +52,7 @@ fn tiny_logits_match_transformers_for_both_paddings() {
 #[test]
 fn peft_adapter_active_merged_and_round_tripped_matches_transformers() {
     let f = load_fixture("reference-tiny.safetensors");
-    let mut model = open("tiny-untied");
-    checkpoint::load_adapter(
-        &mut model,
-        &fixtures_dir().join("tiny-untied-lora"),
-        "lora",
-        false,
-    )
-    .unwrap();
+    let mut model = open_with_lora();
     let ctx = ForwardCtx::with_adapter("lora");
     for side in ["left", "right"] {
         let batch = fixture_batch(&f, side);
@@ -135,9 +141,7 @@ fn greedy_32_tokens_match_transformers_alone_and_batched() {
     let reqs = greedy_requests(&f);
     for name in ["tiny-tied", "tiny-untied", "tiny-untied-lora"] {
         let model = if name == "tiny-untied-lora" {
-            let mut m = open("tiny-untied");
-            checkpoint::load_adapter(&mut m, &fixtures_dir().join(name), "lora", false).unwrap();
-            m
+            open_with_lora()
         } else {
             open(name)
         };
@@ -158,6 +162,26 @@ fn greedy_32_tokens_match_transformers_alone_and_batched() {
     }
 }
 
+/// Save the left-padded fixture batch and rllr's `outputs` (under `key`) for check_in_transformers.py.
+fn write_expect(
+    f: &std::collections::HashMap<String, candle_core::Tensor>,
+    path: &std::path::Path,
+    key: &str,
+    outputs: candle_core::Tensor,
+) {
+    let expect: std::collections::HashMap<String, candle_core::Tensor> = [
+        ("input_ids".to_string(), f["input_ids_left"].clone()),
+        (
+            "attention_mask".to_string(),
+            f["attention_mask_left"].clone(),
+        ),
+        ("position_ids".to_string(), f["position_ids_left"].clone()),
+        (key.to_string(), outputs),
+    ]
+    .into();
+    candle_core::safetensors::save(&expect, path).unwrap();
+}
+
 /// A checkpoint written by rllr (tiny-untied with its LoRA adapter merged, and the score model)
 /// loads in transformers and gives rllr's logits/scores. Needs Python with torch + transformers:
 /// `cargo test -p rllr-tests --test parity -- --ignored transformers_loads`.
@@ -168,18 +192,8 @@ fn transformers_loads_rllr_written_checkpoints() {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("roundtrip");
     std::fs::create_dir_all(&out).unwrap();
     let batch = fixture_batch(&f, "left");
-    let mask = f["attention_mask_left"].clone();
-    let pos = f["position_ids_left"].clone();
-    let ids = f["input_ids_left"].clone();
 
-    let mut model = open("tiny-untied");
-    checkpoint::load_adapter(
-        &mut model,
-        &fixtures_dir().join("tiny-untied-lora"),
-        "lora",
-        false,
-    )
-    .unwrap();
+    let mut model = open_with_lora();
     let base = fixtures_dir().join("tiny-untied");
     checkpoint::save_adapter(
         &model,
@@ -193,38 +207,22 @@ fn transformers_loads_rllr_written_checkpoints() {
     let logits = model
         .forward(&batch, &ForwardCtx::with_adapter("lora"))
         .unwrap();
-    let expect: std::collections::HashMap<String, candle_core::Tensor> = [
-        ("input_ids".to_string(), ids.clone()),
-        ("attention_mask".to_string(), mask.clone()),
-        ("position_ids".to_string(), pos.clone()),
-        ("logits".to_string(), logits),
-    ]
-    .into();
-    candle_core::safetensors::save(&expect, out.join("adapter.expect.safetensors")).unwrap();
+    write_expect(
+        &f,
+        &out.join("adapter.expect.safetensors"),
+        "logits",
+        logits,
+    );
     model.merge_adapter("lora").unwrap();
     checkpoint::save_model(&model, &out.join("merged"), None, None, None).unwrap();
     let logits = model.forward(&batch, &ForwardCtx::default()).unwrap();
-    let expect: std::collections::HashMap<String, candle_core::Tensor> = [
-        ("input_ids".to_string(), ids.clone()),
-        ("attention_mask".to_string(), mask.clone()),
-        ("position_ids".to_string(), pos.clone()),
-        ("logits".to_string(), logits),
-    ]
-    .into();
-    candle_core::safetensors::save(&expect, out.join("merged.expect.safetensors")).unwrap();
+    write_expect(&f, &out.join("merged.expect.safetensors"), "logits", logits);
 
     let score = open("tiny-tied-score");
     checkpoint::save_model(&score, &out.join("score"), Some(SCORE_HEAD), None, None).unwrap();
     let h = score.hidden_states(&batch, &ForwardCtx::default()).unwrap();
     let scores = score.score(&h, &batch, SCORE_HEAD).unwrap();
-    let expect: std::collections::HashMap<String, candle_core::Tensor> = [
-        ("input_ids".to_string(), ids),
-        ("attention_mask".to_string(), mask),
-        ("position_ids".to_string(), pos),
-        ("scores".to_string(), scores),
-    ]
-    .into();
-    candle_core::safetensors::save(&expect, out.join("score.expect.safetensors")).unwrap();
+    write_expect(&f, &out.join("score.expect.safetensors"), "scores", scores);
 
     let script = fixtures_dir().join("check_in_transformers.py");
     let cases: [(&str, Vec<std::ffi::OsString>); 3] = [
