@@ -182,15 +182,17 @@ async fn main() -> Result<()> {
     }
     let mut results = json!({"model": args.model.display().to_string(), "device": args.device, "grpc": {}, "in_process": []});
     for (label, max_batch) in [("batching_on", 64usize), ("batching_off", 1)] {
-        let mut cfg = rllr_server::ServerConfig::default();
-        cfg.listen = "127.0.0.1:0".into();
-        cfg.metrics_listen = String::new();
-        cfg.model_root = root.path().to_path_buf();
-        cfg.models = vec!["rm=rm".parse().map_err(|e: String| anyhow::anyhow!(e))?];
-        cfg.device = args.device.clone();
-        cfg.max_batch_size = max_batch;
-        cfg.max_concurrent_requests = 1024;
-        cfg.queue_capacity = 4096;
+        let cfg = rllr_server::ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            metrics_listen: String::new(),
+            model_root: root.path().to_path_buf(),
+            models: vec!["rm=rm".parse().map_err(|e: String| anyhow::anyhow!(e))?],
+            device: args.device.clone(),
+            max_batch_size: max_batch,
+            max_concurrent_requests: 1024,
+            queue_capacity: 4096,
+            ..Default::default()
+        };
         let server = rllr_server::start(cfg).await?;
         let url = format!("http://{}", server.addr);
         run_clients(&url, 1, 2, args.words).await?; // warm-up

@@ -292,7 +292,8 @@ impl Batcher {
             let l = longest.max(j.prompt.len());
             let fits = live + out.len() < self.settings.max_batch_size
                 && (out.len() + 1) * l <= self.settings.max_batch_tokens;
-            if !fits && !(live == 0 && out.is_empty()) {
+            let first = live == 0 && out.is_empty();
+            if !fits && !first {
                 break;
             }
             longest = l;

@@ -33,7 +33,7 @@ struct Plan {
 }
 
 fn plan(st: &AppState, req: &v1::ClassifyRequest) -> Result<Plan> {
-    let p = req.params.clone().unwrap_or_default();
+    let p = req.params.unwrap_or_default();
     if req.best_of_n > MAX_BEST_OF_N {
         return Err(Error::invalid(
             "best_of_n",

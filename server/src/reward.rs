@@ -325,7 +325,7 @@ async fn compare(
         item(&models, req.input.as_ref(), &b.rationale, &b.label, "b")?,
     ];
     let (rewards, timing) = score_items(st, &models, items, call.deadline).await?;
-    let (ra, rb) = (rewards[0].clone(), rewards[1].clone());
+    let (ra, rb) = (rewards[0], rewards[1]);
     Ok(v1::CompareResponse {
         probability_a: sigmoid(ra.mixed_reward - rb.mixed_reward),
         reward_a: Some(ra),

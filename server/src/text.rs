@@ -1,9 +1,9 @@
 //! Text in and out: turning request inputs into the exact token sequences the models were trained
 //! on, and generated tokens back into a classification with label probabilities.
 //!
-//! Scored text (method.md §5.2): `template.render_prompt(query) + format.render(rationale, label)
-//! + template.response_end()`, plus the EOS id when the template has no end-of-turn text; the
-//! reward is the head output at its last token.
+//! Scored text (method.md §5.2) is the chat-rendered prompt, then `format.render(rationale, label)`,
+//! then `template.response_end()` (or the EOS id when the template has none); the reward is the
+//! head output at its last token.
 //!
 //! Label probabilities: the logits at the step that generated the first token of the label on the
 //! answer line, restricted to the first token of each label and softmax-normalised. This is exact

@@ -449,7 +449,10 @@ async fn results_are_the_same_alone_or_batched() {
     }
     assert!(max_batch > 0);
     let body = grpc_fetch(&server).await;
-    assert!(batched_rows(&body) > 1.0, "the batcher never merged requests");
+    assert!(
+        batched_rows(&body) > 1.0,
+        "the batcher never merged requests"
+    );
 
     // Greedy classification: same text alone and batched with inputs of other lengths.
     let one = policy

@@ -119,16 +119,17 @@ pub fn model_root() -> tempfile::TempDir {
 
 /// A config serving every model of `model_root` on free ports.
 pub fn config(root: &Path) -> ServerConfig {
-    let mut cfg = ServerConfig::default();
-    cfg.listen = "127.0.0.1:0".into();
-    cfg.metrics_listen = "127.0.0.1:0".into();
-    cfg.model_root = root.to_path_buf();
-    cfg.models = ["pol", "pol-chat", "rm", "rm2"]
-        .iter()
-        .map(|n| format!("{n}={n}").parse().unwrap())
-        .collect();
-    cfg.max_new_tokens = 48;
-    cfg
+    ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        metrics_listen: "127.0.0.1:0".into(),
+        model_root: root.to_path_buf(),
+        models: ["pol", "pol-chat", "rm", "rm2"]
+            .iter()
+            .map(|n| format!("{n}={n}").parse().unwrap())
+            .collect(),
+        max_new_tokens: 48,
+        ..ServerConfig::default()
+    }
 }
 
 pub async fn start(cfg: ServerConfig) -> RunningServer {
