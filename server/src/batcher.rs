@@ -243,13 +243,13 @@ impl Batcher {
             if j.reply.is_closed() {
                 self.scores.pop_front();
                 self.taken(1);
-                metrics::counter!("rllr_request_dropped", "model" => self.model.clone(), "reason" => "cancelled").increment(1);
+                metrics::counter!("rllr_request_dropped_total", "model" => self.model.clone(), "reason" => "cancelled").increment(1);
                 continue;
             }
             if j.deadline.is_some_and(|d| d <= now) {
                 let j = self.scores.pop_front().expect("front exists");
                 self.taken(1);
-                metrics::counter!("rllr_request_dropped", "model" => self.model.clone(), "reason" => "deadline").increment(1);
+                metrics::counter!("rllr_request_dropped_total", "model" => self.model.clone(), "reason" => "deadline").increment(1);
                 let _ = j.reply.send(Err(Error::DeadlineExceeded(
                     "the deadline passed while the item was queued".into(),
                 )));
@@ -277,13 +277,13 @@ impl Batcher {
             if j.reply.is_closed() {
                 self.gens.pop_front();
                 self.taken(1);
-                metrics::counter!("rllr_request_dropped", "model" => self.model.clone(), "reason" => "cancelled").increment(1);
+                metrics::counter!("rllr_request_dropped_total", "model" => self.model.clone(), "reason" => "cancelled").increment(1);
                 continue;
             }
             if j.deadline.is_some_and(|d| d <= now) {
                 let j = self.gens.pop_front().expect("front exists");
                 self.taken(1);
-                metrics::counter!("rllr_request_dropped", "model" => self.model.clone(), "reason" => "deadline").increment(1);
+                metrics::counter!("rllr_request_dropped_total", "model" => self.model.clone(), "reason" => "deadline").increment(1);
                 let _ = j.reply.send(Err(Error::DeadlineExceeded(
                     "the deadline passed while the input was queued".into(),
                 )));

@@ -261,7 +261,7 @@ impl Worker {
                 let expired = seq.job.deadline.is_some_and(|d| d <= now);
                 match finish {
                     Some(f) => {
-                        metrics::counter!("rllr_generated_tokens", "model" => self.spec.model.clone())
+                        metrics::counter!("rllr_generated_tokens_total", "model" => self.spec.model.clone())
                             .increment(seq.tokens.len() as u64);
                         let _ = seq.job.reply.send(Ok(GenDone {
                             tokens: seq.tokens,

@@ -52,7 +52,7 @@ impl Error {
         }
     }
 
-    /// The `err` label of `rllr_request_failure`.
+    /// The `err` label of `rllr_request_failure_total`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::InvalidArgument { .. } => "validation",

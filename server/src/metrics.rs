@@ -53,11 +53,11 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("rllr_request_count", "RPCs received, by method");
-    describe_counter!("rllr_request_success", "RPCs answered OK, by method");
-    describe_counter!("rllr_request_failure", "RPCs failed, by method and err (validation, overloaded, deadline, not_found, unauthenticated, permission_denied, unavailable, model_type, inference)");
+    describe_counter!("rllr_requests_total", "RPCs received, by method");
+    describe_counter!("rllr_request_success_total", "RPCs answered OK, by method");
+    describe_counter!("rllr_request_failure_total", "RPCs failed, by method and err (validation, overloaded, deadline, not_found, unauthenticated, permission_denied, unavailable, model_type, inference)");
     describe_counter!(
-        "rllr_request_dropped",
+        "rllr_request_dropped_total",
         "Queued items dropped before running (cancelled, deadline)"
     );
     describe_histogram!("rllr_request_duration", Unit::Seconds, "RPC wall time");
@@ -72,13 +72,13 @@ fn describe() {
         "Padded tokens per engine batch, by method"
     );
     describe_gauge!("rllr_queue_size", "Items waiting in a model's queue");
-    describe_counter!("rllr_generated_tokens", "Tokens generated, by model");
+    describe_counter!("rllr_generated_tokens_total", "Tokens generated, by model");
     describe_histogram!(
         "rllr_reward",
         "Rewards returned, by model, head and kind (label, rationale, mixed)"
     );
     describe_counter!(
-        "rllr_predicted_label",
+        "rllr_predicted_label_total",
         "Classifications returned, by model and label"
     );
     describe_histogram!(
@@ -93,8 +93,8 @@ fn describe() {
         "classify_stream",
         "classify_batch",
     ] {
-        metrics::counter!("rllr_request_count", "method" => method).increment(0);
-        metrics::counter!("rllr_request_success", "method" => method).increment(0);
+        metrics::counter!("rllr_requests_total", "method" => method).increment(0);
+        metrics::counter!("rllr_request_success_total", "method" => method).increment(0);
     }
 }
 

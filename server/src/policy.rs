@@ -242,7 +242,7 @@ pub async fn classify(
         } else {
             r.label.clone()
         };
-        metrics::counter!("rllr_predicted_label", "model" => model.name.clone(), "label" => label)
+        metrics::counter!("rllr_predicted_label_total", "model" => model.name.clone(), "label" => label)
             .increment(1);
         metrics::histogram!("rllr_cot_tokens", "model" => model.name.clone())
             .record(f64::from(r.generated_tokens));

@@ -50,7 +50,7 @@ impl AppState {
     /// Start a unary call: authenticate, take a permit without waiting (RESOURCE_EXHAUSTED when
     /// `max_concurrent_requests` are in flight), read the deadline.
     pub fn begin(&self, md: &MetadataMap, method: &'static str, role: Role) -> Result<Call> {
-        metrics::counter!("rllr_request_count", "method" => method).increment(1);
+        metrics::counter!("rllr_requests_total", "method" => method).increment(1);
         let r = self.auth.check(md, role).and_then(|_| {
             self.permits.clone().try_acquire_owned().map_err(|_| {
                 Error::Overloaded(format!(
@@ -81,7 +81,7 @@ impl AppState {
         method: &'static str,
         deadline: Option<Instant>,
     ) -> Result<Call> {
-        metrics::counter!("rllr_request_count", "method" => method).increment(1);
+        metrics::counter!("rllr_requests_total", "method" => method).increment(1);
         let permit = self
             .permits
             .clone()
@@ -99,7 +99,7 @@ impl AppState {
 
     /// A call that takes no permit (cheap metadata RPCs).
     pub fn begin_light(&self, md: &MetadataMap, method: &'static str, role: Role) -> Result<Call> {
-        metrics::counter!("rllr_request_count", "method" => method).increment(1);
+        metrics::counter!("rllr_requests_total", "method" => method).increment(1);
         if let Err(e) = self.auth.check(md, role) {
             record_failure(method, &e);
             return Err(e);
@@ -122,7 +122,8 @@ impl Call {
             .record(elapsed.as_secs_f64());
         match result {
             Ok(v) => {
-                metrics::counter!("rllr_request_success", "method" => self.method).increment(1);
+                metrics::counter!("rllr_request_success_total", "method" => self.method)
+                    .increment(1);
                 tracing::debug!(request_id = %self.id, method = self.method, ms = elapsed.as_millis() as u64, "ok");
                 let mut r = Response::new(v);
                 if let Ok(v) = self.id.parse() {
@@ -153,7 +154,8 @@ impl Call {
 }
 
 fn record_failure(method: &'static str, e: &Error) {
-    metrics::counter!("rllr_request_failure", "method" => method, "err" => e.kind()).increment(1);
+    metrics::counter!("rllr_request_failure_total", "method" => method, "err" => e.kind())
+        .increment(1);
 }
 
 /// The deadline from the `grpc-timeout` header, 2 ms early so that our DEADLINE_EXCEEDED (and the

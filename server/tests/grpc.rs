@@ -349,15 +349,15 @@ async fn every_rpc_end_to_end() {
     // Metrics endpoint: every family present.
     let body = fetch_metrics(server.metrics_addr.unwrap()).await;
     for name in [
-        "rllr_request_count",
-        "rllr_request_success",
+        "rllr_requests_total",
+        "rllr_request_success_total",
         "rllr_request_duration",
         "rllr_batch_size",
         "rllr_batch_tokens",
         "rllr_queue_size",
-        "rllr_generated_tokens",
+        "rllr_generated_tokens_total",
         "rllr_reward",
-        "rllr_predicted_label",
+        "rllr_predicted_label_total",
         "rllr_batch_inference_duration",
         "rllr_cot_tokens",
     ] {
