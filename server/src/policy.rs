@@ -313,7 +313,9 @@ impl PolicyService for PolicyApi {
         req: Request<v1::ClassifyRequest>,
     ) -> std::result::Result<Response<v1::ClassifyResponse>, Status> {
         let call = self.state.begin(req.metadata(), "classify", Role::User)?;
-        let r = classify(&self.state, req.into_inner(), &call, None).await;
+        let r = call
+            .within(classify(&self.state, req.into_inner(), &call, None))
+            .await;
         call.finish(r)
     }
 
@@ -355,7 +357,7 @@ impl PolicyService for PolicyApi {
         tokio::spawn(async move {
             let (tok_tx, mut tok_rx) = mpsc::unbounded_channel::<u32>();
             let result = {
-                let fut = classify(&st, req, &call, Some(tok_tx));
+                let fut = call.within(classify(&st, req, &call, Some(tok_tx)));
                 tokio::pin!(fut);
                 let mut ids = Vec::new();
                 let mut sent = 0usize;
@@ -409,7 +411,7 @@ impl PolicyService for PolicyApi {
             "classify_batch",
             deadline,
             |st, r, call| async move {
-                let out = classify(&st, r, &call, None).await;
+                let out = call.within(classify(&st, r, &call, None)).await;
                 call.finish_item(out)
             },
         );

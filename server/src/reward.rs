@@ -271,7 +271,9 @@ impl RewardService for RewardApi {
         req: Request<v1::ScoreRequest>,
     ) -> std::result::Result<Response<v1::ScoreResponse>, Status> {
         let call = self.state.begin(req.metadata(), "score", Role::User)?;
-        let r = score(&self.state, req.into_inner(), &call).await;
+        let r = call
+            .within(score(&self.state, req.into_inner(), &call))
+            .await;
         call.finish(r)
     }
 
@@ -289,7 +291,7 @@ impl RewardService for RewardApi {
             "score_stream",
             deadline,
             |st, r, call| async move {
-                let out = score(&st, r, &call).await;
+                let out = call.within(score(&st, r, &call)).await;
                 call.finish_item(out)
             },
         );
@@ -301,7 +303,9 @@ impl RewardService for RewardApi {
         req: Request<v1::CompareRequest>,
     ) -> std::result::Result<Response<v1::CompareResponse>, Status> {
         let call = self.state.begin(req.metadata(), "compare", Role::User)?;
-        let r = compare(&self.state, req.into_inner(), &call).await;
+        let r = call
+            .within(compare(&self.state, req.into_inner(), &call))
+            .await;
         call.finish(r)
     }
 }

@@ -810,10 +810,10 @@ async fn deadlines_are_honoured_and_reload_keeps_requests() {
     cfg.admin_key = Some("admin".into());
     let server = start(cfg).await;
     let (reward, policy, mut models) = clients(&url(&server)).await;
-    // Work that cannot finish in 20 ms: 16 long prompts (prefill alone takes longer).
-    let long = "x ".repeat(700);
-    let mut r = Request::new(classify_req(vec![inp(&long, "A person rests."); 16], 4000));
-    r.set_timeout(Duration::from_millis(20));
+    // Work that cannot finish in 100 ms: 8 long prompts, then up to 4000 tokens each.
+    let long = "x ".repeat(350);
+    let mut r = Request::new(classify_req(vec![inp(&long, "A person rests."); 8], 4000));
+    r.set_timeout(Duration::from_millis(100));
     let t0 = std::time::Instant::now();
     let e = policy.clone().classify(r).await.unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
