@@ -1,0 +1,221 @@
+//! `rllr-serve-bench`: scoring throughput and p50/p99 latency of rllr-server at 1, 8 and 64
+//! concurrent clients, with the batcher on (`max_batch_size` 64) and off (1), against calling the
+//! engine in-process with the same batch sizes.
+//!
+//! The reward model is SmolLM2-135M-Instruct with a fresh random score head (speed does not depend
+//! on the head's values), written as a real reward checkpoint under a temporary model root. Each
+//! client sends one-item Score requests back to back; throughput is items/s over the whole run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use clap::Parser;
+use rllr_core::checkpoint::{self, Checkpoint};
+use rllr_core::manifest::{Manifest, ModelKind};
+use rllr_core::{Batch, ForwardCtx, PaddingSide};
+use rllr_proto::v1;
+use serde_json::json;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Benchmark rllr-server's Score path.
+#[derive(Parser, Debug)]
+struct Args {
+    /// SmolLM2 (or other) HF model directory with tokenizer.json.
+    #[arg(
+        long,
+        env = "RLLR_BENCH_MODEL",
+        default_value = "models/smollm2-135m-instruct"
+    )]
+    model: PathBuf,
+    /// Concurrent client counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    clients: Vec<usize>,
+    /// Requests per client count (at least the client count).
+    #[arg(long, default_value_t = 128)]
+    requests: usize,
+    /// Words of rationale per item (sets the sequence length).
+    #[arg(long, default_value_t = 8)]
+    words: usize,
+    /// Engine device.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn item(i: usize, words: usize) -> v1::ScoreItem {
+    v1::ScoreItem {
+        input: Some(v1::Input {
+            text: format!("A man number {i} sleeps on the couch."),
+            text_pair: Some("A person rests.".into()),
+        }),
+        rationale: "Sleeping is a way of resting ".repeat(words.div_ceil(6)),
+        label: "entailment".into(),
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run_clients(
+    url: &str,
+    clients: usize,
+    requests: usize,
+    words: usize,
+) -> Result<serde_json::Value> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect()
+        .await?;
+    let per = requests.div_ceil(clients);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = v1::reward_service_client::RewardServiceClient::new(ch.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for r in 0..per {
+                let req = v1::ScoreRequest {
+                    items: vec![item(c * per + r, words)],
+                    label_model: "rm".into(),
+                    ..Default::default()
+                };
+                let s = Instant::now();
+                client
+                    .score(req)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                lat.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    Ok(
+        json!({"clients": clients, "items": lat.len(), "items_per_s": lat.len() as f64 / wall, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99)}),
+    )
+}
+
+/// The engine called directly: tokenized items scored in batches of `batch`.
+fn in_process(
+    dir: &std::path::Path,
+    device: &Device,
+    batch: usize,
+    requests: usize,
+    words: usize,
+) -> Result<serde_json::Value> {
+    let ckpt = Checkpoint::open(dir)?;
+    let model = ckpt.load_model(DType::F32, device)?;
+    let tok = ckpt.load_tokenizer()?;
+    let tmpl = rllr_core::template::ChatTemplate::from_name("chatml")?;
+    let fmt = rllr_core::response::ResponseFormat::default();
+    let seqs: Vec<Vec<u32>> = (0..requests)
+        .map(|i| {
+            let it = item(i, words);
+            let inp = it.input.unwrap();
+            let q = format!(
+                "Does the premise entail the hypothesis?\nPremise: {}\nHypothesis: {}",
+                inp.text,
+                inp.text_pair.unwrap()
+            );
+            let text = format!(
+                "{}{}{}",
+                tmpl.render_prompt(None, &q),
+                fmt.render(&it.rationale, &it.label),
+                tmpl.response_end()
+            );
+            tok.encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .collect::<Result<_>>()?;
+    let t0 = Instant::now();
+    for chunk in seqs.chunks(batch) {
+        let b = Batch::new(chunk, 0, PaddingSide::Right, device)?;
+        let h = model.hidden_states(
+            &b,
+            &ForwardCtx {
+                adapter: None,
+                dropout_seed: None,
+            },
+        )?;
+        model.score(&h, &b, "score")?.to_vec1::<f32>()?;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    Ok(
+        json!({"batch": batch, "items": requests, "items_per_s": requests as f64 / wall, "tokens_per_item": seqs[0].len()}),
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = rllr_core::device::parse_device(&args.device)?;
+    let root = tempfile::tempdir()?;
+    let rm_dir = root.path().join("rm");
+    {
+        let ckpt = Checkpoint::open(&args.model)
+            .with_context(|| format!("opening {}", args.model.display()))?;
+        let mut model = ckpt.load_model(DType::F32, &Device::Cpu)?;
+        model.add_new_head("score", false, 7)?;
+        let mut m = Manifest::new(ModelKind::Reward, "bench");
+        m.chat_template = Some("chatml".into());
+        m.head = Some("score".into());
+        m.task_spec = Some(serde_json::from_value(
+            json!({"name": "nli", "instruction": "Does the premise entail the hypothesis?", "input_fields": ["premise", "hypothesis"], "labels": [{"name": "entailment"}, {"name": "neutral"}, {"name": "contradiction"}]}),
+        )?);
+        checkpoint::save_model(&model, &rm_dir, Some("score"), Some(&args.model), Some(&m))?;
+    }
+    let mut results = json!({"model": args.model.display().to_string(), "device": args.device, "grpc": {}, "in_process": []});
+    for (label, max_batch) in [("batching_on", 64usize), ("batching_off", 1)] {
+        let cfg = rllr_server::ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            metrics_listen: String::new(),
+            model_root: root.path().to_path_buf(),
+            models: vec!["rm=rm".parse().map_err(|e: String| anyhow::anyhow!(e))?],
+            device: args.device.clone(),
+            max_batch_size: max_batch,
+            max_concurrent_requests: 1024,
+            queue_capacity: 4096,
+            ..Default::default()
+        };
+        let server = rllr_server::start(cfg).await?;
+        let url = format!("http://{}", server.addr);
+        run_clients(&url, 1, 2, args.words).await?; // warm-up
+        let mut rows = Vec::new();
+        for &c in &args.clients {
+            let r = run_clients(&url, c, args.requests.max(c), args.words).await?;
+            eprintln!("{label} {r}");
+            rows.push(r);
+        }
+        results["grpc"][label] = json!(rows);
+        server.shutdown(Duration::from_secs(30)).await?;
+    }
+    let dir = Arc::new(rm_dir);
+    for b in [1usize, 64] {
+        let (d, dev, n, w) = (dir.clone(), device.clone(), args.requests, args.words);
+        let r = tokio::task::spawn_blocking(move || in_process(&d, &dev, b, n, w)).await??;
+        eprintln!("in_process {r}");
+        results["in_process"].as_array_mut().unwrap().push(r);
+    }
+    let text = serde_json::to_string_pretty(&results)?;
+    println!("{text}");
+    if let Some(p) = args.out {
+        std::fs::write(p, text)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! `ServerConfig`: the one configuration type of `rllr-server`.
+//!
+//! Values come from, in rising precedence: the embedded default (`server/server.toml`), the file
+//! given by `--config`, environment variables, command-line flags. Every field is both a TOML key
+//! and a `--flag`/`RLLR_*` variable so deployments can use whichever they manage.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use serde::{Deserialize, Serialize};
+
+/// The configuration compiled into the binary.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../server.toml");
+
+/// A model to load at start-up: `name=path` on the command line, a `[[models]]` table in TOML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// The name requests use.
+    pub name: String,
+    /// Checkpoint directory, relative to `model_root`.
+    pub path: PathBuf,
+}
+
+impl FromStr for ModelSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, path) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected NAME=PATH, got '{s}'"))?;
+        Ok(ModelSpec {
+            name: name.to_string(),
+            path: path.into(),
+        })
+    }
+}
+
+/// rllr-server: batched gRPC reward scoring and CoT classification.
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
+#[command(name = "rllr-server", version)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// TOML file with any of these settings; flags and env override it. Without one the embedded
+    /// default (server/server.toml) is served.
+    #[arg(long, env = "RLLR_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address (port 0 picks a free port).
+    #[arg(long, env = "RLLR_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// Prometheus /metrics listen address; empty disables the listener.
+    #[arg(long, env = "RLLR_METRICS_LISTEN", default_value = "127.0.0.1:9000")]
+    pub metrics_listen: String,
+    /// Directory every model path is confined to (LoadModel cannot reach outside it).
+    #[arg(long, env = "RLLR_MODEL_ROOT", default_value = "models")]
+    pub model_root: PathBuf,
+    /// Models to load at start-up, NAME=PATH (PATH relative to --model-root); repeatable.
+    #[arg(long = "model", env = "RLLR_MODELS", value_delimiter = ',')]
+    pub models: Vec<ModelSpec>,
+    /// Model Score uses when a request names none (default: the first reward model loaded).
+    #[arg(long, env = "RLLR_DEFAULT_REWARD_MODEL")]
+    pub default_reward_model: Option<String>,
+    /// Model Classify uses when a request names none (default: the first policy model loaded).
+    #[arg(long, env = "RLLR_DEFAULT_POLICY_MODEL")]
+    pub default_policy_model: Option<String>,
+    /// Device for the engines: cpu, cuda, cuda:N, metal.
+    #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Weight dtype: f32, f16, bf16 (f32 on CPU keeps scores exact).
+    #[arg(long, env = "RLLR_DTYPE", default_value = "f32")]
+    pub dtype: String,
+    /// Longest prompt (+ response, for scoring) accepted, in tokens; longer is INVALID_ARGUMENT.
+    #[arg(long, env = "RLLR_MAX_INPUT_TOKENS", default_value_t = 2048)]
+    pub max_input_tokens: usize,
+    /// Most tokens one classification may generate (requests may ask for fewer).
+    #[arg(long, env = "RLLR_MAX_NEW_TOKENS", default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Most items (or inputs) in one request; send more through the streaming RPCs.
+    #[arg(long, env = "RLLR_MAX_ITEMS_PER_REQUEST", default_value_t = 64)]
+    pub max_items_per_request: usize,
+    /// Requests served at once; beyond this, RESOURCE_EXHAUSTED at once rather than queueing.
+    #[arg(long, env = "RLLR_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    pub max_concurrent_requests: usize,
+    /// Items waiting per model; a request that does not fit gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RLLR_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Padded tokens (rows x longest row) per engine batch: bounds memory per forward pass.
+    #[arg(long, env = "RLLR_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+    /// Rows per engine batch (scoring rows, or live sequences in a decode batch); 1 disables batching.
+    #[arg(long, env = "RLLR_MAX_BATCH_SIZE", default_value_t = 64)]
+    pub max_batch_size: usize,
+    /// Microseconds the batcher may wait for more work to fill a scoring batch (0: run as soon as
+    /// the engine is free, as TEI does; >0: Triton's max_queue_delay).
+    #[arg(long, env = "RLLR_MAX_DELAY_US", default_value_t = 0)]
+    pub max_delay_us: u64,
+    /// Default cap lambda on the label reward in min(r_label, lambda) + r_rationale (method.md 5.3).
+    #[arg(long, env = "RLLR_LAMBDA", default_value_t = 1.0)]
+    pub lambda: f32,
+    /// Bearer token every RPC must carry (unset: no auth; bind to localhost then).
+    #[arg(long, env = "RLLR_API_KEY")]
+    pub api_key: Option<String>,
+    /// Bearer token for LoadModel/UnloadModel (unset: admin RPCs are refused).
+    #[arg(long, env = "RLLR_ADMIN_KEY")]
+    pub admin_key: Option<String>,
+    /// PEM certificate chain for TLS (with --tls-key); unset serves plaintext.
+    #[arg(long, env = "RLLR_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "RLLR_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds to drain in-flight requests after SIGTERM/SIGINT before exiting anyway.
+    #[arg(long, env = "RLLR_SHUTDOWN_TIMEOUT_S", default_value_t = 30)]
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig::parse_from(["rllr-server"])
+    }
+}
+
+impl ServerConfig {
+    /// The configuration from the process's flags, env and `--config` file (or the embedded default).
+    pub fn load() -> anyhow::Result<Self> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// As [`ServerConfig::load`], from explicit arguments.
+    pub fn load_from<I, T>(args: I) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let cli = Self::from_arg_matches(&matches)?;
+        let file_text = match &cli.config {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+            None => EMBEDDED_DEFAULT.to_string(),
+        };
+        let file: toml::Table = toml::from_str(&file_text)
+            .map_err(|e| anyhow::anyhow!("parsing the server config: {e}"))?;
+        // Start from the flag defaults, lay the file over them, then the flags/env given explicitly.
+        let mut merged = serde_json::to_value(&cli)?;
+        let obj = merged
+            .as_object_mut()
+            .expect("struct serialises to an object");
+        for (k, v) in file {
+            obj.insert(k, serde_json::to_value(v)?);
+        }
+        let cli_json = serde_json::to_value(&cli)?;
+        for id in matches.ids() {
+            let explicit = matches!(
+                matches.value_source(id.as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if explicit {
+                if let Some(v) = cli_json.get(id.as_str()) {
+                    obj.insert(id.to_string(), v.clone());
+                }
+            }
+        }
+        let mut cfg: ServerConfig = serde_json::from_value(merged)
+            .map_err(|e| anyhow::anyhow!("invalid server config: {e}"))?;
+        cfg.config = cli.config;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reject settings that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("max_input_tokens", self.max_input_tokens),
+            ("max_new_tokens", self.max_new_tokens),
+            ("max_items_per_request", self.max_items_per_request),
+            ("max_concurrent_requests", self.max_concurrent_requests),
+            ("queue_capacity", self.queue_capacity),
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("max_batch_size", self.max_batch_size),
+        ];
+        for (name, v) in positive {
+            anyhow::ensure!(v > 0, "{name} must be >= 1");
+        }
+        anyhow::ensure!(self.lambda.is_finite(), "lambda must be finite");
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "tls_cert and tls_key go together"
+        );
+        Ok(())
+    }
+
+    /// The batcher's max delay.
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_micros(self.max_delay_us)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_loads_and_flags_override_the_file() {
+        let cfg = ServerConfig::load_from(["rllr-server"]).unwrap();
+        assert_eq!(cfg.models.len(), 1);
+        assert_eq!(cfg.metrics_listen, "127.0.0.1:9000");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(
+            &p,
+            "max_batch_size = 8\nlambda = 3.9\n[[models]]\nname='rm'\npath='x'\n",
+        )
+        .unwrap();
+        let cfg = ServerConfig::load_from([
+            "rllr-server",
+            "--config",
+            p.to_str().unwrap(),
+            "--max-batch-size",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(cfg.max_batch_size, 4);
+        assert_eq!(cfg.lambda, 3.9);
+        assert_eq!(cfg.models[0].name, "rm");
+        std::fs::write(&p, "max_batch_sise = 8\n").unwrap();
+        assert!(ServerConfig::load_from(["rllr-server", "--config", p.to_str().unwrap()]).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! rllr-server: batched gRPC reward scoring and chain-of-thought classification.
+//!
+//! Request path: tonic service → validate (limits, labels) → tokenize (blocking pool) → per-model
+//! bounded queue → batcher (token budget, max batch, max delay) → engine worker (its own OS thread,
+//! owning the model) → reply with timing metadata. Health follows the workers through a `watch`
+//! channel; every error maps to a status in one place (`error.rs`); metrics are recorded at the
+//! edges of each stage.
+
+pub mod auth;
+pub mod batcher;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod models;
+pub mod policy;
+pub mod registry;
+pub mod reward;
+pub mod server;
+pub mod state;
+pub mod stream;
+pub mod text;
+
+pub use config::ServerConfig;
+pub use error::{Error, Result};
+pub use server::{start, RunningServer};

@@ -1,0 +1,231 @@
+//! What every RPC shares: the registry, limits, auth, the admission semaphore, and the per-call
+//! bookkeeping (request id, deadline, timing, metrics at the edges) that wraps each handler.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tonic::metadata::MetadataMap;
+use tonic::{Response, Status};
+
+use crate::auth::{Auth, Role};
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+
+/// Shared by all services.
+pub struct AppState {
+    pub cfg: Arc<ServerConfig>,
+    pub registry: Arc<Registry>,
+    pub auth: Auth,
+    permits: Arc<Semaphore>,
+    next_id: AtomicU64,
+}
+
+/// One RPC in progress: holds its admission permit until dropped.
+pub struct Call {
+    pub id: String,
+    pub method: &'static str,
+    pub start: Instant,
+    pub deadline: Option<Instant>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AppState {
+    pub fn new(cfg: Arc<ServerConfig>, registry: Arc<Registry>) -> Self {
+        AppState {
+            auth: Auth::new(cfg.api_key.clone(), cfg.admin_key.clone()),
+            permits: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
+            cfg,
+            registry,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn id(&self) -> String {
+        format!("req-{:08x}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Start a unary call: authenticate, take a permit without waiting (RESOURCE_EXHAUSTED when
+    /// `max_concurrent_requests` are in flight), read the deadline.
+    pub fn begin(&self, md: &MetadataMap, method: &'static str, role: Role) -> Result<Call> {
+        metrics::counter!("rllr_requests_total", "method" => method).increment(1);
+        let r = self.auth.check(md, role).and_then(|_| {
+            self.permits.clone().try_acquire_owned().map_err(|_| {
+                Error::Overloaded(format!(
+                    "{} requests in flight (max_concurrent_requests)",
+                    self.cfg.max_concurrent_requests
+                ))
+            })
+        });
+        match r {
+            Ok(permit) => Ok(Call {
+                id: self.id(),
+                method,
+                start: Instant::now(),
+                deadline: deadline(md),
+                _permit: Some(permit),
+            }),
+            Err(e) => {
+                record_failure(method, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Start one message of a stream: streams wait for a permit instead of failing (TEI does the
+    /// same), so a long batch job is throttled rather than refused.
+    pub async fn begin_stream_item(
+        &self,
+        method: &'static str,
+        deadline: Option<Instant>,
+    ) -> Result<Call> {
+        metrics::counter!("rllr_requests_total", "method" => method).increment(1);
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
+        Ok(Call {
+            id: self.id(),
+            method,
+            start: Instant::now(),
+            deadline,
+            _permit: Some(permit),
+        })
+    }
+
+    /// A call that takes no permit (cheap metadata RPCs).
+    pub fn begin_light(&self, md: &MetadataMap, method: &'static str, role: Role) -> Result<Call> {
+        metrics::counter!("rllr_requests_total", "method" => method).increment(1);
+        if let Err(e) = self.auth.check(md, role) {
+            record_failure(method, &e);
+            return Err(e);
+        }
+        Ok(Call {
+            id: self.id(),
+            method,
+            start: Instant::now(),
+            deadline: deadline(md),
+            _permit: None,
+        })
+    }
+}
+
+impl Call {
+    /// Record the outcome and turn it into a tonic response (with `x-request-id`).
+    pub fn finish<T>(self, result: Result<T>) -> std::result::Result<Response<T>, Status> {
+        let elapsed = self.start.elapsed();
+        metrics::histogram!("rllr_request_duration", "method" => self.method)
+            .record(elapsed.as_secs_f64());
+        match result {
+            Ok(v) => {
+                metrics::counter!("rllr_request_success_total", "method" => self.method)
+                    .increment(1);
+                tracing::debug!(request_id = %self.id, method = self.method, ms = elapsed.as_millis() as u64, "ok");
+                let mut r = Response::new(v);
+                if let Ok(v) = self.id.parse() {
+                    r.metadata_mut().insert("x-request-id", v);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                record_failure(self.method, &e);
+                tracing::info!(request_id = %self.id, method = self.method, error = %e, "request failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Run `fut` under this call's deadline: past it, DEADLINE_EXCEEDED and `fut` (with any work it
+    /// queued) is dropped. Covers every stage, tokenization included.
+    pub async fn within<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match self.deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), fut)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::DeadlineExceeded(
+                        "the request's deadline passed; its work was dropped".into(),
+                    ))
+                }),
+            None => fut.await,
+        }
+    }
+
+    /// Record a failure and return its status.
+    pub fn fail(self, e: Error) -> Status {
+        match self.finish::<()>(Err(e)) {
+            Err(s) => s,
+            Ok(_) => Status::internal("a failure turned into a success"),
+        }
+    }
+
+    /// Outcome of one stream message, as a status.
+    pub fn finish_item<T>(self, result: Result<T>) -> std::result::Result<T, Status> {
+        self.finish(result).map(Response::into_inner)
+    }
+}
+
+fn record_failure(method: &'static str, e: &Error) {
+    metrics::counter!("rllr_request_failure_total", "method" => method, "err" => e.kind())
+        .increment(1);
+}
+
+/// The deadline from the `grpc-timeout` header, a little early (10%, 5 to 100 ms) so that our
+/// DEADLINE_EXCEEDED (and the dropping of queued work) wins the race with tonic's own timeout
+/// layer, which answers CANCELLED.
+pub fn deadline(md: &MetadataMap) -> Option<Instant> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    let margin = (d / 10).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    Some(Instant::now() + d.saturating_sub(margin))
+}
+
+/// Await every reply, failing with DEADLINE_EXCEEDED at `deadline` (dropping the receivers, so the
+/// engine skips work it has not started).
+pub async fn await_all<T>(
+    rxs: Vec<oneshot::Receiver<Result<T>>>,
+    deadline: Option<Instant>,
+) -> Result<Vec<T>> {
+    let all = async {
+        let mut out = Vec::with_capacity(rxs.len());
+        for rx in rxs {
+            out.push(rx.await.map_err(|_| {
+                Error::Unavailable("the model's worker stopped before answering".into())
+            })??);
+        }
+        Ok(out)
+    };
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), all).await.map_err(|_| {
+            Error::DeadlineExceeded("the request's deadline passed; its work was dropped".into())
+        })?,
+        None => all.await,
+    }
+}
+
+/// Run blocking work (tokenization, decoding) on tokio's blocking pool, off the engine threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}
+
+/// Nanoseconds of a duration, saturating.
+pub fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
