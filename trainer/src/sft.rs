@@ -322,3 +322,76 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::testutil::{tiny_model, tiny_train, tok};
+
+    /// 32 examples: a random prompt, then a response whose first token depends on the prompt.
+    fn tiny_items() -> Vec<SftItem> {
+        (0..32)
+            .map(|i| {
+                let prompt: Vec<u32> = (0..5).map(|j| tok(i, j, 10, 60)).collect();
+                let response = vec![2 + prompt[1] % 4, 6 + prompt[3] % 2, 8, 1];
+                SftItem::new(&prompt, &response, 64)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sft_item_masks_the_prompt_and_cuts_proportionally() {
+        let it = SftItem::new(&[5, 6, 7, 8], &[9, 1], 64);
+        assert_eq!((it.ids.clone(), it.prompt_len), (vec![5, 6, 7, 8, 9, 1], 4));
+        // 6 + 3 > 6: ⌊6·6/9⌋ = 4 prompt tokens, ⌊6·3/9⌋ = 2 response tokens
+        let cut = SftItem::new(&[1, 2, 3, 4, 5, 6], &[7, 8, 9], 6);
+        assert_eq!((cut.ids, cut.prompt_len), (vec![1, 2, 3, 4, 7, 8], 4));
+    }
+
+    #[test]
+    fn tiny_model_fits_32_examples() {
+        let model = tiny_model(ADAPTER, 3, 0.0);
+        let items = tiny_items();
+        let obj = SftObjective {
+            adapter: ADAPTER,
+            pad: 0,
+            dev: None,
+        };
+        let refs: Vec<&SftItem> = items.iter().collect();
+        let (_, n0, c0, _) = obj.loss(&model, &refs, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            schedule: crate::train::optim::ScheduleKind::Constant,
+            ..tiny_train(1e-2, 150, 8)
+        };
+        let report = train_loop::run(
+            &model,
+            &obj,
+            &items,
+            &LoopOptions {
+                cfg: &cfg,
+                run_dir: dir.path(),
+                resume: false,
+                stop_after: None,
+                fingerprint: json!(null),
+                label: "test",
+            },
+        )
+        .unwrap();
+        let (loss, n, c, _) = obj.loss(&model, &refs, None).unwrap();
+        let acc = c as f64 / n as f64;
+        assert_eq!(n, n0);
+        assert!(
+            acc >= 0.95,
+            "token accuracy {acc} (before {}), loss {}, report {report:?}",
+            c0 as f64 / n0 as f64,
+            loss.to_scalar::<f32>().unwrap()
+        );
+        let log = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        let first: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+        for k in ["loss", "lr", "grad_norm", "tokens_per_s", "token_acc"] {
+            assert!(first.get(k).is_some(), "{k} missing from {first}");
+        }
+        assert_eq!(log.lines().count(), 150);
+    }
+}

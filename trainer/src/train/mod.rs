@@ -5,3 +5,5 @@ pub mod config;
 pub mod losses;
 pub mod optim;
 pub mod train_loop;
+#[cfg(test)]
+pub mod testutil;

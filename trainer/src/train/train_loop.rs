@@ -410,3 +410,100 @@ fn truncate_log(path: &Path, step: usize) -> anyhow::Result<()> {
     rllr_core::fsutil::write_file_atomic(path, kept.as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sft::{SftItem, SftObjective};
+    use crate::train::testutil::{max_var_diff, tiny_model, tiny_train, tok};
+
+    fn items() -> Vec<SftItem> {
+        (0..24)
+            .map(|i| {
+                let p: Vec<u32> = (0..4 + i % 3).map(|j| tok(i, j, 10, 60)).collect();
+                SftItem::new(&p, &[2 + p[0] % 5, 9, 1], 64)
+            })
+            .collect()
+    }
+
+    fn run_to(dir: &Path, resume: bool, stop_after: Option<usize>) -> (Llama, LoopReport) {
+        // Dropout on, warm-up + cosine, accumulation, clipping, weight decay: everything that a
+        // resume could get wrong.
+        let model = tiny_model("sft", 11, 0.1);
+        let cfg = TrainConfig {
+            grad_accum: 2,
+            warmup_steps: 3,
+            weight_decay: 0.01,
+            save_every: 5,
+            max_grad_norm: 0.5,
+            ..tiny_train(3e-3, 20, 4)
+        };
+        let obj = SftObjective {
+            adapter: "sft",
+            pad: 0,
+            dev: None,
+        };
+        let opts = LoopOptions {
+            cfg: &cfg,
+            run_dir: dir,
+            resume,
+            stop_after,
+            fingerprint: json!({"t": 1}),
+            label: "test",
+        };
+        let r = run(&model, &obj, &items(), &opts).unwrap();
+        (model, r)
+    }
+
+    #[test]
+    fn resumed_run_equals_uninterrupted_run() {
+        let straight = tempfile::tempdir().unwrap();
+        let (a, ra) = run_to(straight.path(), false, None);
+        assert_eq!(ra.steps, 20);
+        let broken = tempfile::tempdir().unwrap();
+        let (_, rb) = run_to(broken.path(), false, Some(10));
+        assert!(rb.stopped_early);
+        // without --resume an existing run is refused
+        let model = tiny_model("sft", 11, 0.1);
+        let obj = SftObjective { adapter: "sft", pad: 0, dev: None };
+        let cfg = tiny_train(3e-3, 20, 4);
+        let err = run(&model, &obj, &items(), &LoopOptions {
+            cfg: &cfg, run_dir: broken.path(), resume: false, stop_after: None, fingerprint: json!({"t": 1}), label: "t",
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--resume"), "{err}");
+        // a different setting is refused on resume
+        let err = run(&model, &obj, &items(), &LoopOptions {
+            cfg: &cfg, run_dir: broken.path(), resume: true, stop_after: None, fingerprint: json!({"t": 1}), label: "t",
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("different settings"), "{err}");
+        let (b, rc) = run_to(broken.path(), true, None);
+        assert_eq!(rc.resumed_from, Some(10));
+        let d = max_var_diff(&a, &b);
+        assert!(d <= 1e-6, "resumed weights differ by {d}");
+        assert!(d == 0.0 || d > 0.0);
+        let log_a = std::fs::read_to_string(straight.path().join("metrics.jsonl")).unwrap();
+        let log_b = std::fs::read_to_string(broken.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(log_b.lines().count(), 20);
+        let loss = |l: &str| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64().unwrap();
+        for (x, y) in log_a.lines().zip(log_b.lines()) {
+            assert!((loss(x) - loss(y)).abs() < 1e-6, "{x} vs {y}");
+        }
+        // only the newest checkpoints are kept
+        let kept = std::fs::read_dir(broken.path().join("checkpoints")).unwrap().count();
+        assert_eq!(kept, 2);
+    }
+
+    #[test]
+    fn data_order_is_a_per_epoch_permutation() {
+        let mut o = DataOrder { n: 5, seed: 3, perms: HashMap::new() };
+        let e0: Vec<usize> = (0..5).map(|k| o.item(k)).collect();
+        let e1: Vec<usize> = (5..10).map(|k| o.item(k)).collect();
+        let mut s = e0.clone();
+        s.sort_unstable();
+        assert_eq!(s, vec![0, 1, 2, 3, 4]);
+        assert_ne!(e0, e1);
+        assert_eq!(total_steps(&tiny_train(1.0, 0, 4), 10), 3);
+    }
+}
