@@ -14,7 +14,10 @@ use rllr_core::checkpoint::{self, SCORE_HEAD};
 use rllr_core::dataset::{read_examples, read_jsonl, Example, Pair};
 use rllr_core::task::TaskSpec;
 use rllr_core::template::ChatTemplate;
-use rllr_core::{generate, Batch, ForwardCtx, GenerationRequest, Llama, PaddingSide, SamplingParams, StopCriteria};
+use rllr_core::{
+    generate, Batch, ForwardCtx, GenerationRequest, Llama, PaddingSide, SamplingParams,
+    StopCriteria,
+};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
@@ -61,7 +64,12 @@ pub struct PolicyReport {
 }
 
 /// Metrics from gold label indices and parsed predictions (`None` = unparseable).
-pub fn policy_metrics(labels: &[String], gold: &[usize], pred: &[Option<usize>], rationale_words: &[usize]) -> PolicyReport {
+pub fn policy_metrics(
+    labels: &[String],
+    gold: &[usize],
+    pred: &[Option<usize>],
+    rationale_words: &[usize],
+) -> PolicyReport {
     let k = labels.len();
     let mut confusion = vec![vec![0usize; k + 1]; k];
     for (g, p) in gold.iter().zip(pred) {
@@ -104,7 +112,12 @@ fn ratio(a: usize, b: usize) -> f64 {
 }
 
 /// Greedy answers of `model` (through `ctx`) to `examples`, scored.
-pub fn evaluate_policy(model: &Llama, ctx: &ForwardCtx, examples: &[Example], spec: &PolicyEvalSpec) -> anyhow::Result<PolicyReport> {
+pub fn evaluate_policy(
+    model: &Llama,
+    ctx: &ForwardCtx,
+    examples: &[Example],
+    spec: &PolicyEvalSpec,
+) -> anyhow::Result<PolicyReport> {
     let t0 = std::time::Instant::now();
     let task = spec.task;
     let fmt = task.response_format();
@@ -114,7 +127,8 @@ pub fn evaluate_policy(model: &Llama, ctx: &ForwardCtx, examples: &[Example], sp
         stop_strings: spec.template.stop_strings(),
         max_new_tokens: spec.max_new_tokens,
     };
-    let (mut gold, mut pred, mut words, mut samples) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut gold, mut pred, mut words, mut samples) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for chunk in examples.chunks(spec.batch_size.max(1)) {
         let requests = chunk
             .iter()
@@ -176,7 +190,8 @@ pub fn pair_metrics(chosen: &[f32], rejected: &[f32]) -> PairReport {
     let wins = chosen.iter().zip(rejected).filter(|(c, r)| c > r).count();
     let all: Vec<f32> = chosen.iter().chain(rejected).copied().collect();
     let m = mean(&all);
-    let var = all.iter().map(|x| (f64::from(*x) - m).powi(2)).sum::<f64>() / all.len().max(1) as f64;
+    let var =
+        all.iter().map(|x| (f64::from(*x) - m).powi(2)).sum::<f64>() / all.len().max(1) as f64;
     PairReport {
         n,
         accuracy: ratio(wins, n),
@@ -189,7 +204,14 @@ pub fn pair_metrics(chosen: &[f32], rejected: &[f32]) -> PairReport {
 }
 
 /// Last-token rewards of head `head` for both sides of `pairs` (eval mode).
-pub fn score_pairs(model: &Llama, ctx: &ForwardCtx, head: &str, pairs: &[PairItem], pad: u32, batch_size: usize) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+pub fn score_pairs(
+    model: &Llama,
+    ctx: &ForwardCtx,
+    head: &str,
+    pairs: &[PairItem],
+    pad: u32,
+    batch_size: usize,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
     let (mut c, mut r) = (Vec::new(), Vec::new());
     for chunk in pairs.chunks(batch_size.max(1)) {
         let mut seqs: Vec<Vec<u32>> = chunk.iter().map(|p| p.chosen.clone()).collect();
@@ -205,13 +227,27 @@ pub fn score_pairs(model: &Llama, ctx: &ForwardCtx, head: &str, pairs: &[PairIte
 
 /// Tokenise pairs: prompt from the pair's input, each response + template end + EOS, both cut
 /// with the proportion of the longer response (method.md §2.3).
-pub fn encode_pairs(loaded: &stage::Loaded, task: &TaskSpec, pairs: &[Pair], cutoff: usize) -> anyhow::Result<Vec<PairItem>> {
+pub fn encode_pairs(
+    loaded: &stage::Loaded,
+    task: &TaskSpec,
+    pairs: &[Pair],
+    cutoff: usize,
+) -> anyhow::Result<Vec<PairItem>> {
     pairs
         .iter()
         .map(|p| {
-            let prompt = stage::encode(&loaded.tokenizer, &stage::prompt_text(task, &loaded.template, &p.input, None)?)?;
-            let c = stage::response_ids(&loaded.tokenizer, &loaded.template, &loaded.eos, &p.chosen)?;
-            let r = stage::response_ids(&loaded.tokenizer, &loaded.template, &loaded.eos, &p.rejected)?;
+            let prompt = stage::encode(
+                &loaded.tokenizer,
+                &stage::prompt_text(task, &loaded.template, &p.input, None)?,
+            )?;
+            let c =
+                stage::response_ids(&loaded.tokenizer, &loaded.template, &loaded.eos, &p.chosen)?;
+            let r = stage::response_ids(
+                &loaded.tokenizer,
+                &loaded.template,
+                &loaded.eos,
+                &p.rejected,
+            )?;
             let (s, t) = stage::proportional_cut(prompt.len(), c.len().max(r.len()), cutoff);
             let join = |resp: &[u32]| {
                 let mut v = prompt[..s].to_vec();
@@ -358,7 +394,10 @@ fn run_policy(a: &PolicyArgs) -> anyhow::Result<()> {
     let report = evaluate_policy(&loaded.model, &ctx, &examples, &spec)?;
     print_policy(&task, &report);
     if let Some(out) = &a.output {
-        rllr_core::fsutil::write_file_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        rllr_core::fsutil::write_file_atomic(
+            out,
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
     }
     Ok(())
 }
@@ -369,9 +408,15 @@ pub fn print_policy(task: &TaskSpec, r: &PolicyReport) {
         "n {}  accuracy {:.4}  unparseable {:.4}  mean rationale {:.1} words  ({:.1}s)",
         r.n, r.accuracy, r.unparseable_rate, r.mean_rationale_words, r.wall_s
     );
-    println!("{:<16} {:>9} {:>9} {:>8} {:>9}", "label", "precision", "recall", "support", "predicted");
+    println!(
+        "{:<16} {:>9} {:>9} {:>8} {:>9}",
+        "label", "precision", "recall", "support", "predicted"
+    );
     for l in &r.per_label {
-        println!("{:<16} {:>9.4} {:>9.4} {:>8} {:>9}", l.label, l.precision, l.recall, l.support, l.predicted);
+        println!(
+            "{:<16} {:>9.4} {:>9.4} {:>8} {:>9}",
+            l.label, l.precision, l.recall, l.support, l.predicted
+        );
     }
     let mut head = format!("{:<16}", "gold \\ pred");
     for l in &task.labels {
@@ -395,12 +440,19 @@ fn run_reward(a: &RewardEvalArgs) -> anyhow::Result<()> {
         pairs.truncate(a.limit);
     }
     stage::check_pairs(&pairs, &task, &a.pairs)?;
-    let manifest = rllr_core::manifest::Manifest::read(&a.model)?
-        .with_context(|| format!("{}: no rllr.json (not a reward model written by rllr-train reward?)", a.model.display()))?;
+    let manifest = rllr_core::manifest::Manifest::read(&a.model)?.with_context(|| {
+        format!(
+            "{}: no rllr.json (not a reward model written by rllr-train reward?)",
+            a.model.display()
+        )
+    })?;
     let base = match (&a.base, &manifest.base_checkpoint) {
         (Some(b), _) => b.clone(),
         (None, Some(b)) => PathBuf::from(b),
-        (None, None) => bail!("{}: rllr.json names no base_checkpoint; pass --base", a.model.display()),
+        (None, None) => bail!(
+            "{}: rllr.json names no base_checkpoint; pass --base",
+            a.model.display()
+        ),
     };
     let ckpt = stage::open_checkpoint(&base, "base", Some(&task))?;
     let mut loaded = stage::load(ckpt, &a.template, &a.device, &a.dtype)?;
@@ -410,14 +462,24 @@ fn run_reward(a: &RewardEvalArgs) -> anyhow::Result<()> {
         bail!("{}: the adapter has no score head", a.model.display());
     }
     let items = encode_pairs(&loaded, &task, &pairs, a.cutoff_len)?;
-    let (c, r) = score_pairs(&loaded.model, &ForwardCtx::with_adapter(SCORE_HEAD), SCORE_HEAD, &items, loaded.pad, a.batch_size)?;
+    let (c, r) = score_pairs(
+        &loaded.model,
+        &ForwardCtx::with_adapter(SCORE_HEAD),
+        SCORE_HEAD,
+        &items,
+        loaded.pad,
+        a.batch_size,
+    )?;
     let report = pair_metrics(&c, &r);
     println!(
         "pairs {}  accuracy {:.4}  margin {:.4}  chosen {:.4}  rejected {:.4}  reward mean {:.4} std {:.4}",
         report.n, report.accuracy, report.margin, report.chosen_mean, report.rejected_mean, report.reward_mean, report.reward_std
     );
     if let Some(out) = &a.output {
-        rllr_core::fsutil::write_file_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        rllr_core::fsutil::write_file_atomic(
+            out,
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
     }
     Ok(())
 }

@@ -18,7 +18,9 @@ use serde_json::{json, Map, Value};
 
 use crate::eval::{encode_pairs, pair_metrics, score_pairs, PairItem};
 use crate::stage;
-use crate::train::config::{overridable, read_toml, required, LoraArgs, LoraSection, TrainArgs, TrainConfig};
+use crate::train::config::{
+    overridable, read_toml, required, LoraArgs, LoraSection, TrainArgs, TrainConfig,
+};
 use crate::train::losses::{bradley_terry, divergent_span, divergent_span_loss};
 use crate::train::train_loop::{self, mix_seed, LoopOptions, MicroLoss, Objective};
 
@@ -114,7 +116,12 @@ pub struct RewardObjective {
 
 impl RewardObjective {
     /// Differentiable loss plus (wins, margin sum) of one micro-batch.
-    pub fn loss(&self, model: &Llama, items: &[&PairItem], seed: Option<u64>) -> anyhow::Result<(candle_core::Tensor, usize, f64, usize)> {
+    pub fn loss(
+        &self,
+        model: &Llama,
+        items: &[&PairItem],
+        seed: Option<u64>,
+    ) -> anyhow::Result<(candle_core::Tensor, usize, f64, usize)> {
         let n = items.len();
         let mut seqs: Vec<Vec<u32>> = items.iter().map(|p| p.chosen.clone()).collect();
         seqs.extend(items.iter().map(|p| p.rejected.clone()));
@@ -139,15 +146,25 @@ impl RewardObjective {
                 (bradley_terry(&c, &r, self.margin, self.center)?, s)
             }
             RmLoss::DivergentSpan => {
-                let v = head.forward(&h.reshape((b * l, hidden))?)?.reshape((b, l))?;
+                let v = head
+                    .forward(&h.reshape((b * l, hidden))?)?
+                    .reshape((b, l))?;
                 let lens = batch.lengths();
                 let ids = batch.input_ids.to_vec2::<u32>()?;
                 let spans: Vec<(usize, usize)> = (0..n)
                     .map(|i| divergent_span(&ids[i], &ids[n + i], lens[i], lens[n + i]))
                     .collect();
-                let loss = divergent_span_loss(&v.narrow(0, 0, n)?, &v.narrow(0, n, n)?, &spans, self.temperature)?;
+                let loss = divergent_span_loss(
+                    &v.narrow(0, 0, n)?,
+                    &v.narrow(0, n, n)?,
+                    &spans,
+                    self.temperature,
+                )?;
                 let idx: Vec<usize> = last.iter().enumerate().map(|(r, c)| r * l + c).collect();
-                let idx = candle_core::Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(), v.device())?;
+                let idx = candle_core::Tensor::new(
+                    idx.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(),
+                    v.device(),
+                )?;
                 (loss, v.flatten_all()?.index_select(&idx, 0)?)
             }
         };
@@ -162,7 +179,12 @@ impl RewardObjective {
 impl Objective for RewardObjective {
     type Item = PairItem;
 
-    fn micro_loss(&self, model: &Llama, items: &[&PairItem], seed: u64) -> anyhow::Result<MicroLoss> {
+    fn micro_loss(
+        &self,
+        model: &Llama,
+        items: &[&PairItem],
+        seed: u64,
+    ) -> anyhow::Result<MicroLoss> {
         let (loss, wins, margin, tokens) = self.loss(model, items, Some(seed))?;
         let n = items.len() as f64;
         Ok(MicroLoss {
@@ -175,7 +197,14 @@ impl Objective for RewardObjective {
     fn evaluate(&self, model: &Llama) -> anyhow::Result<Map<String, Value>> {
         let mut out = Map::new();
         for (name, pairs) in &self.evals {
-            let (c, r) = score_pairs(model, &ForwardCtx::with_adapter(&self.name), &self.name, pairs, self.pad, self.eval_batch_size)?;
+            let (c, r) = score_pairs(
+                model,
+                &ForwardCtx::with_adapter(&self.name),
+                &self.name,
+                pairs,
+                self.pad,
+                self.eval_batch_size,
+            )?;
             out.insert(name.clone(), serde_json::to_value(pair_metrics(&c, &r))?);
         }
         Ok(out)
@@ -203,12 +232,19 @@ pub fn run(args: &RewardArgs) -> anyhow::Result<()> {
     let task_path = required(&c.task, "task")?;
     let pairs_path = required(&c.pairs, "pairs")?;
     let out = required(&c.output, "output")?;
-    if !(c.bpr_temperature > 0.0) {
+    if c.bpr_temperature.is_nan() || c.bpr_temperature <= 0.0 {
         bail!("bpr_temperature must be > 0");
     }
-    let task = TaskSpec::load(&task_path).with_context(|| format!("task {}", task_path.display()))?;
+    let task =
+        TaskSpec::load(&task_path).with_context(|| format!("task {}", task_path.display()))?;
     let pairs = read_pairs(&pairs_path, &task, c.limit)?;
-    let eval_files: Vec<PathBuf> = c.eval_pairs.split(',').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+    let eval_files: Vec<PathBuf> = c
+        .eval_pairs
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect();
     let eval_sets = eval_files
         .iter()
         .map(|p| Ok((p.clone(), read_pairs(p, &task, c.eval_limit)?)))
@@ -219,12 +255,18 @@ pub fn run(args: &RewardArgs) -> anyhow::Result<()> {
     let evals = eval_sets
         .iter()
         .map(|(p, ps)| {
-            let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or("eval").to_string();
+            let name = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("eval")
+                .to_string();
             Ok((name, encode_pairs(&loaded, &task, ps, c.cutoff_len)?))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     loaded.model.add_adapter(SCORE_HEAD, &lora, tc.seed)?;
-    loaded.model.add_new_head(SCORE_HEAD, false, mix_seed(&[tc.seed, 0x5c0e]))?;
+    loaded
+        .model
+        .add_new_head(SCORE_HEAD, false, mix_seed(&[tc.seed, 0x5c0e]))?;
     let objective = RewardObjective {
         name: SCORE_HEAD.into(),
         pad: loaded.pad,
@@ -259,7 +301,10 @@ pub fn run(args: &RewardArgs) -> anyhow::Result<()> {
         },
     )?;
     if report.stopped_early {
-        eprintln!("reward: stopping after step {} as asked (--stop-after)", report.steps);
+        eprintln!(
+            "reward: stopping after step {} as asked (--stop-after)",
+            report.steps
+        );
         std::process::exit(137);
     }
     let mut manifest = Manifest::new(ModelKind::Reward, "reward");
@@ -274,8 +319,18 @@ pub fn run(args: &RewardArgs) -> anyhow::Result<()> {
     manifest.provenance.config = serde_json::to_value(&file)?;
     manifest.provenance.metrics = serde_json::to_value(&report)?;
     let base = model_dir.display().to_string();
-    save_adapter(&loaded.model, SCORE_HEAD, Some(SCORE_HEAD), &base, &out.join("model"), Some(&manifest))?;
-    rllr_core::fsutil::write_file_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    save_adapter(
+        &loaded.model,
+        SCORE_HEAD,
+        Some(SCORE_HEAD),
+        &base,
+        &out.join("model"),
+        Some(&manifest),
+    )?;
+    rllr_core::fsutil::write_file_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     println!(
         "reward: {} steps in {:.1}s, final loss {:.4}; RM at {}; evals {}",
         report.steps,
@@ -300,14 +355,21 @@ mod tests {
         (0..32)
             .map(|i| {
                 let prompt: Vec<u32> = (0..4).map(|j| tok(i, j, 10, 60)).collect();
-                let body = |k: usize, n: usize| (0..n).map(|j| tok(i + 100 * k, j, 10, 60)).collect::<Vec<_>>();
+                let body = |k: usize, n: usize| {
+                    (0..n)
+                        .map(|j| tok(i + 100 * k, j, 10, 60))
+                        .collect::<Vec<_>>()
+                };
                 let mut c = prompt.clone();
                 c.extend(body(1, 2 + i % 3));
                 c.extend([7, 1]);
                 let mut r = prompt;
                 r.extend(body(2, 3 + i % 2));
                 r.extend([8, 1]);
-                PairItem { chosen: c, rejected: r }
+                PairItem {
+                    chosen: c,
+                    rejected: r,
+                }
             })
             .collect()
     }
@@ -333,12 +395,24 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_parse() {
+        for text in [
+            include_str!("../../configs/comve-rm-label.toml"),
+            include_str!("../../configs/comve-rm-rationale.toml"),
+        ] {
+            let f: RewardFile = toml::from_str(text).unwrap();
+            assert_eq!(f.reward.loss, RmLoss::Bt);
+        }
+    }
+
+    #[test]
     fn lora_and_head_get_gradients_and_the_base_none() {
         let model = rm_model();
         // B = 0 at init would zero A's gradient: give B a value first, as after one update.
         for (name, var) in model.trainable_vars() {
             if name.contains("lora_B") {
-                var.set(&Tensor::randn(0f32, 0.1, var.shape(), var.device()).unwrap()).unwrap();
+                var.set(&Tensor::randn(0f32, 0.1, var.shape(), var.device()).unwrap())
+                    .unwrap();
             }
         }
         let pairs = separable_pairs();
@@ -347,14 +421,30 @@ mod tests {
             let (loss, ..) = objective(kind).loss(&model, &refs, Some(1)).unwrap();
             let grads = loss.backward().unwrap();
             let vars = model.trainable_vars();
-            assert_eq!(vars.len(), 2 * 7 * 2 + 1, "{:?}", vars.iter().map(|v| &v.0).collect::<Vec<_>>());
+            assert_eq!(
+                vars.len(),
+                2 * 7 * 2 + 1,
+                "{:?}",
+                vars.iter().map(|v| &v.0).collect::<Vec<_>>()
+            );
             for (name, var) in &vars {
-                let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{kind:?}: no gradient for {name}"));
-                let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{kind:?}: no gradient for {name}"));
+                let norm = g
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(norm > 0.0, "{kind:?}: zero gradient for {name}");
             }
             for (name, t) in model.base_tensors() {
-                assert!(grads.get(&t).is_none(), "{kind:?}: frozen {name} got a gradient");
+                assert!(
+                    grads.get(&t).is_none(),
+                    "{kind:?}: frozen {name} got a gradient"
+                );
             }
         }
     }
@@ -379,7 +469,11 @@ mod tests {
         )
         .unwrap();
         let ev = &report.evals.last().unwrap()["eval"]["train"];
-        assert_eq!(ev["accuracy"].as_f64().unwrap(), 1.0, "{kind:?}: {report:?}");
+        assert_eq!(
+            ev["accuracy"].as_f64().unwrap(),
+            1.0,
+            "{kind:?}: {report:?}"
+        );
         assert!(ev["margin"].as_f64().unwrap() > 0.0);
     }
 

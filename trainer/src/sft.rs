@@ -16,7 +16,9 @@ use serde_json::{json, Map, Value};
 
 use crate::eval::{evaluate_policy, PolicyEvalSpec};
 use crate::stage::{self, Loaded};
-use crate::train::config::{overridable, read_toml, required, LoraArgs, LoraSection, TrainArgs, TrainConfig};
+use crate::train::config::{
+    overridable, read_toml, required, LoraArgs, LoraSection, TrainArgs, TrainConfig,
+};
 use crate::train::losses::{shifted_targets, token_ce};
 use crate::train::train_loop::{self, LoopOptions, MicroLoss, Objective};
 
@@ -135,7 +137,12 @@ pub struct DevSet<'a> {
 
 impl SftObjective<'_> {
     /// Mean loss, target count and argmax hits of `items` (dropout on when `seed` is set).
-    pub fn loss(&self, model: &Llama, items: &[&SftItem], seed: Option<u64>) -> anyhow::Result<(candle_core::Tensor, usize, usize, usize)> {
+    pub fn loss(
+        &self,
+        model: &Llama,
+        items: &[&SftItem],
+        seed: Option<u64>,
+    ) -> anyhow::Result<(candle_core::Tensor, usize, usize, usize)> {
         let seqs: Vec<Vec<u32>> = items.iter().map(|i| i.ids.clone()).collect();
         let batch = Batch::new(&seqs, self.pad, PaddingSide::Right, model.device())?;
         let ctx = ForwardCtx {
@@ -163,7 +170,12 @@ impl SftObjective<'_> {
 impl Objective for SftObjective<'_> {
     type Item = SftItem;
 
-    fn micro_loss(&self, model: &Llama, items: &[&SftItem], seed: u64) -> anyhow::Result<MicroLoss> {
+    fn micro_loss(
+        &self,
+        model: &Llama,
+        items: &[&SftItem],
+        seed: u64,
+    ) -> anyhow::Result<MicroLoss> {
         let (loss, targets, correct, tokens) = self.loss(model, items, Some(seed))?;
         Ok(MicroLoss {
             loss,
@@ -186,9 +198,17 @@ impl Objective for SftObjective<'_> {
             hits += c;
         }
         out.insert("dev_loss".into(), json!(loss_sum / n_tok.max(1) as f64));
-        out.insert("dev_token_acc".into(), json!(hits as f64 / n_tok.max(1) as f64));
+        out.insert(
+            "dev_token_acc".into(),
+            json!(hits as f64 / n_tok.max(1) as f64),
+        );
         if !dev.examples.is_empty() {
-            let r = evaluate_policy(model, &ForwardCtx::with_adapter(self.adapter), &dev.examples, &dev.spec)?;
+            let r = evaluate_policy(
+                model,
+                &ForwardCtx::with_adapter(self.adapter),
+                &dev.examples,
+                &dev.spec,
+            )?;
             out.insert("dev_accuracy".into(), json!(r.accuracy));
             out.insert("dev_unparseable".into(), json!(r.unparseable_rate));
         }
@@ -198,7 +218,13 @@ impl Objective for SftObjective<'_> {
 
 /// Tokenise examples into SFT items; an example without a gold rationale is an error when
 /// rationales are asked for.
-pub fn encode_examples(loaded: &Loaded, task: &TaskSpec, examples: &[Example], rationales: bool, cutoff: usize) -> anyhow::Result<Vec<SftItem>> {
+pub fn encode_examples(
+    loaded: &Loaded,
+    task: &TaskSpec,
+    examples: &[Example],
+    rationales: bool,
+    cutoff: usize,
+) -> anyhow::Result<Vec<SftItem>> {
     examples
         .iter()
         .map(|ex| {
@@ -235,7 +261,8 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
     if c.cutoff_len < 2 {
         bail!("cutoff_len must be >= 2");
     }
-    let task = TaskSpec::load(&task_path).with_context(|| format!("task {}", task_path.display()))?;
+    let task =
+        TaskSpec::load(&task_path).with_context(|| format!("task {}", task_path.display()))?;
     let train = take(read_examples(&train_path, &task)?, c.limit);
     if train.is_empty() {
         bail!("{}: no training examples", train_path.display());
@@ -292,7 +319,10 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
         },
     )?;
     if report.stopped_early {
-        eprintln!("sft: stopping after step {} as asked (--stop-after)", report.steps);
+        eprintln!(
+            "sft: stopping after step {} as asked (--stop-after)",
+            report.steps
+        );
         std::process::exit(137);
     }
     let mut manifest = Manifest::new(ModelKind::Sft, "sft");
@@ -308,10 +338,26 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
     let mut adapter_manifest = manifest.clone();
     adapter_manifest.adapter = Some(ADAPTER.into());
     let base = model_dir.display().to_string();
-    save_adapter(&loaded.model, ADAPTER, None, &base, &out.join("adapter"), Some(&adapter_manifest))?;
+    save_adapter(
+        &loaded.model,
+        ADAPTER,
+        None,
+        &base,
+        &out.join("adapter"),
+        Some(&adapter_manifest),
+    )?;
     loaded.model.merge_adapter(ADAPTER)?;
-    save_model(&loaded.model, &out.join("model"), None, Some(&model_dir), Some(&manifest))?;
-    rllr_core::fsutil::write_file_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    save_model(
+        &loaded.model,
+        &out.join("model"),
+        None,
+        Some(&model_dir),
+        Some(&manifest),
+    )?;
+    rllr_core::fsutil::write_file_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     println!(
         "sft: {} steps in {:.1}s, final loss {:.4}; M_sft at {}; evals {}",
         report.steps,
@@ -337,6 +383,13 @@ mod tests {
                 SftItem::new(&prompt, &response, 64)
             })
             .collect()
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let f: SftFile = toml::from_str(include_str!("../../configs/comve-sft.toml")).unwrap();
+        assert!(f.sft.rationales);
+        assert_eq!(f.lora.to_lora().unwrap(), rllr_core::LoraConfig::default());
     }
 
     #[test]

@@ -29,11 +29,16 @@ pub struct Loaded {
 /// Open `dir` as the starting checkpoint and check it before anything is trained: it exists, its
 /// tokenizer fits its vocabulary, it has an EOS id, and (when it was trained for a task) it was
 /// trained for `task`.
-pub fn open_checkpoint(dir: &Path, what: &str, task: Option<&TaskSpec>) -> anyhow::Result<Checkpoint> {
+pub fn open_checkpoint(
+    dir: &Path,
+    what: &str,
+    task: Option<&TaskSpec>,
+) -> anyhow::Result<Checkpoint> {
     if !dir.is_dir() {
         bail!("{what} {}: no such checkpoint directory", dir.display());
     }
-    let ckpt = Checkpoint::open(dir).with_context(|| format!("opening {what} {}", dir.display()))?;
+    let ckpt =
+        Checkpoint::open(dir).with_context(|| format!("opening {what} {}", dir.display()))?;
     if ckpt.config.eos_ids().is_empty() {
         bail!("{what} {}: config.json has no eos_token_id", dir.display());
     }
@@ -85,7 +90,12 @@ pub fn encode(tokenizer: &Tokenizer, text: &str) -> anyhow::Result<Vec<u32>> {
 }
 
 /// The generation prompt for one input: template around the task query (plus an optional hint).
-pub fn prompt_text(task: &TaskSpec, template: &ChatTemplate, input: &TaskInput, hint: Option<&str>) -> anyhow::Result<String> {
+pub fn prompt_text(
+    task: &TaskSpec,
+    template: &ChatTemplate,
+    input: &TaskInput,
+    hint: Option<&str>,
+) -> anyhow::Result<String> {
     let mut q = task.query(input)?;
     if let Some(h) = hint {
         q.push_str("\n\n");
@@ -95,7 +105,12 @@ pub fn prompt_text(task: &TaskSpec, template: &ChatTemplate, input: &TaskInput, 
 }
 
 /// Response ids: `text` + the template's reply end, then EOS unless the end already is EOS.
-pub fn response_ids(tokenizer: &Tokenizer, template: &ChatTemplate, eos: &[u32], text: &str) -> anyhow::Result<Vec<u32>> {
+pub fn response_ids(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    eos: &[u32],
+    text: &str,
+) -> anyhow::Result<Vec<u32>> {
     let mut ids = encode(tokenizer, &format!("{text}{}", template.response_end()))?;
     if ids.last().is_none_or(|l| !eos.contains(l)) {
         ids.push(eos[0]);
@@ -118,8 +133,14 @@ pub fn proportional_cut(src: usize, tgt_len: usize, cutoff: usize) -> (usize, us
 
 /// The gold response of an example: a rationale for its gold label (a human one first) and the
 /// answer line, or the answer line alone. `None` when rationales are asked for and there is none.
-pub fn gold_response(task: &TaskSpec, ex: &Example, rationales: bool) -> anyhow::Result<Option<String>> {
-    let display = task.labels[task.label_index(&ex.label)?].display().to_string();
+pub fn gold_response(
+    task: &TaskSpec,
+    ex: &Example,
+    rationales: bool,
+) -> anyhow::Result<Option<String>> {
+    let display = task.labels[task.label_index(&ex.label)?]
+        .display()
+        .to_string();
     let fmt = task.response_format();
     if !rationales {
         return Ok(Some(fmt.render("", &display)));

@@ -10,7 +10,8 @@ use candle_core::{DType, Device};
 use rllr_core::{Config, Llama};
 use serde_json::json;
 
-const WORDS: &str = "is it hot or cold ? the sun fire snow ice oven winter summer bright frozen burns \
+const WORDS: &str =
+    "is it hot or cold ? the sun fire snow ice oven winter summer bright frozen burns \
                      melts because answer : hot cold text sentence a warm thing chilly";
 
 fn bin() -> Command {
@@ -35,7 +36,8 @@ fn tiny_checkpoint(dir: &Path) {
     }))
     .unwrap();
     let model = Llama::random(&cfg, 7, DType::F32, &Device::Cpu).unwrap();
-    let mut manifest = rllr_core::manifest::Manifest::new(rllr_core::manifest::ModelKind::Base, "test");
+    let mut manifest =
+        rllr_core::manifest::Manifest::new(rllr_core::manifest::ModelKind::Base, "test");
     manifest.chat_template = Some("plain".into());
     rllr_core::checkpoint::save_model(&model, dir, None, None, Some(&manifest)).unwrap();
     let tokenizer = json!({
@@ -64,13 +66,26 @@ fn tiny_task(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         r#"{"name":"toy","instruction":"is it hot or cold ?","input_fields":["text"],
             "labels":[{"name":"hot"},{"name":"cold"}]}"#,
     );
-    let things = ["the sun", "fire", "snow", "ice", "the oven", "winter", "summer", "frozen ice"];
+    let things = [
+        "the sun",
+        "fire",
+        "snow",
+        "ice",
+        "the oven",
+        "winter",
+        "summer",
+        "frozen ice",
+    ];
     let mut ex = String::new();
     let mut pairs = String::new();
     for i in 0..32 {
         let thing = things[i % things.len()];
         let hot = !matches!(i % things.len(), 2 | 3 | 5 | 7);
-        let (label, other) = if hot { ("hot", "cold") } else { ("cold", "hot") };
+        let (label, other) = if hot {
+            ("hot", "cold")
+        } else {
+            ("cold", "hot")
+        };
         let why = if hot { "it burns" } else { "it melts" };
         let line = json!({"id": format!("toy-{i}"), "task": "toy", "input": format!("{thing} is bright"),
             "label": label, "rationales": {label: [{"text": format!("{thing} {why}"), "source": "human"}]}});
@@ -80,7 +95,11 @@ fn tiny_task(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             "chosen_label": label, "rejected_label": other});
         pairs.push_str(&format!("{pair}\n"));
     }
-    (task, write(&dir.join("train.jsonl"), &ex), write(&dir.join("pairs.jsonl"), &pairs))
+    (
+        task,
+        write(&dir.join("train.jsonl"), &ex),
+        write(&dir.join("pairs.jsonl"), &pairs),
+    )
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -89,26 +108,50 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn sft(model: &Path, task: &Path, train: &Path, out: &Path) -> Command {
     let mut c = bin();
-    c.args(["sft", "--max-steps", "20", "--batch-size", "4", "--grad-accum", "2", "--save-every", "5"])
-        .args(["--learning-rate", "3e-3", "--warmup-steps", "2", "--weight-decay", "0.01", "--lora-dropout", "0.1"])
-        .arg("--model")
-        .arg(model)
-        .arg("--task")
-        .arg(task)
-        .arg("--train")
-        .arg(train)
-        .arg("--output")
-        .arg(out);
+    c.args([
+        "sft",
+        "--max-steps",
+        "20",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--save-every",
+        "5",
+    ])
+    .args([
+        "--learning-rate",
+        "3e-3",
+        "--warmup-steps",
+        "2",
+        "--weight-decay",
+        "0.01",
+        "--lora-dropout",
+        "0.1",
+    ])
+    .arg("--model")
+    .arg(model)
+    .arg("--task")
+    .arg(task)
+    .arg("--train")
+    .arg(train)
+    .arg("--output")
+    .arg(out);
     c
 }
 
 fn adapter_tensors(dir: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
-    candle_core::safetensors::load(dir.join("adapter/adapter_model.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(dir.join("adapter/adapter_model.safetensors"), &Device::Cpu)
+        .unwrap()
 }
 
 #[test]
@@ -123,19 +166,31 @@ fn sft_killed_after_10_steps_and_resumed_equals_20_straight() {
     let b = root.path().join("b");
     let o = run(sft(&base, &task, &train, &b).args(["--stop-after", "10"]));
     assert_eq!(o.status.code(), Some(137), "{}", text(&o));
-    assert!(!b.join("adapter").exists(), "a killed run writes no final model");
+    assert!(
+        !b.join("adapter").exists(),
+        "a killed run writes no final model"
+    );
     let o = run(sft(&base, &task, &train, &b).arg("--resume"));
     assert!(o.status.success(), "{}", text(&o));
     let (ta, tb) = (adapter_tensors(&a), adapter_tensors(&b));
     assert_eq!(ta.len(), tb.len());
     let mut worst = 0f32;
     for (k, x) in &ta {
-        let d = (x - &tb[k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let d = (x - &tb[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
         worst = worst.max(d.to_scalar::<f32>().unwrap());
     }
     assert!(worst <= 1e-6, "max |Δ| {worst}");
     // the merged M_sft is a loadable checkpoint that records its task
-    let m = rllr_core::manifest::Manifest::read(&b.join("model")).unwrap().unwrap();
+    let m = rllr_core::manifest::Manifest::read(&b.join("model"))
+        .unwrap()
+        .unwrap();
     assert_eq!(m.task.as_deref(), Some("toy"));
     let log = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().filter(|l| l.contains("\"loss\"")).count(), 20);
@@ -149,11 +204,36 @@ fn reward_trains_and_evaluates_from_the_command_line() {
     let (task, _, pairs) = tiny_task(root.path());
     let out = root.path().join("rm");
     let o = run(bin()
-        .args(["reward", "--max-steps", "30", "--batch-size", "8", "--learning-rate", "5e-3", "--loss", "divergent-span"])
-        .arg("--model").arg(&base).arg("--task").arg(&task).arg("--pairs").arg(&pairs).arg("--output").arg(&out)
-        .arg("--eval-pairs").arg(&pairs));
+        .args([
+            "reward",
+            "--max-steps",
+            "30",
+            "--batch-size",
+            "8",
+            "--learning-rate",
+            "5e-3",
+            "--loss",
+            "divergent-span",
+        ])
+        .arg("--model")
+        .arg(&base)
+        .arg("--task")
+        .arg(&task)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--output")
+        .arg(&out)
+        .arg("--eval-pairs")
+        .arg(&pairs));
     assert!(o.status.success(), "{}", text(&o));
-    let o = run(bin().args(["eval", "reward"]).arg("--model").arg(out.join("model")).arg("--task").arg(&task).arg("--pairs").arg(&pairs));
+    let o = run(bin()
+        .args(["eval", "reward"])
+        .arg("--model")
+        .arg(out.join("model"))
+        .arg("--task")
+        .arg(&task)
+        .arg("--pairs")
+        .arg(&pairs));
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("accuracy 1.0000"), "{}", text(&o));
 }
@@ -170,22 +250,41 @@ fn bad_input_is_refused_before_training() {
         assert!(!o.status.success(), "expected failure with '{needle}'");
         let t = text(&o);
         assert!(t.contains(needle), "'{needle}' not in: {t}");
-        assert!(!out.join("checkpoints").exists() && !out.join("metrics.jsonl").exists(), "training started: {t}");
+        assert!(
+            !out.join("checkpoints").exists() && !out.join("metrics.jsonl").exists(),
+            "training started: {t}"
+        );
     };
     // missing base checkpoint
-    expect_err(&mut sft(&root.path().join("nope"), &task, &train, &out), "no such checkpoint");
+    expect_err(
+        &mut sft(&root.path().join("nope"), &task, &train, &out),
+        "no such checkpoint",
+    );
     // empty dataset
     let empty = write(&root.path().join("empty.jsonl"), "");
     expect_err(&mut sft(&base, &task, &empty, &out), "no training examples");
     // a config key that does not exist
     let cfg = write(&root.path().join("c.toml"), "[train]\nlearnig_rate = 0.1\n");
-    expect_err(sft(&base, &task, &train, &out).arg("--config").arg(&cfg), "learnig_rate");
+    expect_err(
+        sft(&base, &task, &train, &out).arg("--config").arg(&cfg),
+        "learnig_rate",
+    );
     // a pair file for another task
-    let other = std::fs::read_to_string(&pairs).unwrap().replace("\"task\":\"toy\"", "\"task\":\"sst2\"");
+    let other = std::fs::read_to_string(&pairs)
+        .unwrap()
+        .replace("\"task\":\"toy\"", "\"task\":\"sst2\"");
     let other = write(&root.path().join("other.jsonl"), &other);
     let reward = |p: &Path, m: &Path| {
         let mut c = bin();
-        c.args(["reward", "--max-steps", "2"]).arg("--model").arg(m).arg("--task").arg(&task).arg("--pairs").arg(p).arg("--output").arg(&out);
+        c.args(["reward", "--max-steps", "2"])
+            .arg("--model")
+            .arg(m)
+            .arg("--task")
+            .arg(&task)
+            .arg("--pairs")
+            .arg(p)
+            .arg("--output")
+            .arg(&out);
         c
     };
     expect_err(&mut reward(&other, &base), "is for task 'sst2'");
@@ -195,7 +294,8 @@ fn bad_input_is_refused_before_training() {
     m.write(&base).unwrap();
     expect_err(&mut reward(&pairs, &base), "trained for task 'esnli'");
     // a base whose tokenizer does not fit its vocabulary
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
     cfg["vocab_size"] = json!(8);
     m.task = None;
     m.write(&base).unwrap();

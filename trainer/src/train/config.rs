@@ -139,14 +139,18 @@ pub fn read_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::
     let Some(path) = path else {
         return Ok(T::default());
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config {}", path.display()))
 }
 
 /// A required path setting, with an error that says how to give it.
 pub fn required(p: &Option<PathBuf>, key: &str) -> anyhow::Result<PathBuf> {
     p.clone().ok_or_else(|| {
-        anyhow::anyhow!("`{key}` is not set: give --{} or `{key}` in the config file", key.replace('_', "-"))
+        anyhow::anyhow!(
+            "`{key}` is not set: give --{} or `{key}` in the config file",
+            key.replace('_', "-")
+        )
     })
 }
 
@@ -163,7 +167,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_and_flags_override_the_file() {
-        let f: File = toml::from_str("[train]\nlearning_rate = 1e-3\nschedule = \"linear\"\n").unwrap();
+        let f: File =
+            toml::from_str("[train]\nlearning_rate = 1e-3\nschedule = \"linear\"\n").unwrap();
         assert_eq!(f.train.learning_rate, 1e-3);
         assert_eq!(f.train.schedule, ScheduleKind::Linear);
         assert_eq!(f.train.batch_size, 4);

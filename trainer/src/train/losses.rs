@@ -68,7 +68,12 @@ pub fn softplus(x: &Tensor) -> Result<Tensor> {
 
 /// Plain last-token Bradley–Terry: mean −log σ(r_c − r_r − margin) = mean softplus(−(…)), plus
 /// TRL's `center_rewards_coefficient · mean((r_c + r_r)²)` when the coefficient is non-zero.
-pub fn bradley_terry(chosen: &Tensor, rejected: &Tensor, margin: f64, center: f64) -> Result<Tensor> {
+pub fn bradley_terry(
+    chosen: &Tensor,
+    rejected: &Tensor,
+    margin: f64,
+    center: f64,
+) -> Result<Tensor> {
     let diff = ((chosen - rejected)? - margin)?;
     let loss = softplus(&diff.neg()?)?.mean_all()?;
     if center == 0.0 {
@@ -81,7 +86,12 @@ pub fn bradley_terry(chosen: &Tensor, rejected: &Tensor, margin: f64, center: f6
 /// The span `[d, e)` of the divergent-span loss for one pair (method.md §5.2a): `d` = first
 /// position where the padded token rows differ, `e` = max of the real lengths; identical rows give
 /// `e = len_c`, `d = e − 1`.
-pub fn divergent_span(chosen: &[u32], rejected: &[u32], len_c: usize, len_r: usize) -> (usize, usize) {
+pub fn divergent_span(
+    chosen: &[u32],
+    rejected: &[u32],
+    len_c: usize,
+    len_r: usize,
+) -> (usize, usize) {
     match chosen.iter().zip(rejected).position(|(a, b)| a != b) {
         Some(d) => (d, len_c.max(len_r)),
         None => (len_c - 1, len_c),
@@ -137,8 +147,9 @@ mod tests {
         let ids = vec![vec![0, 1, 2], vec![0, 1, 2]];
         let mask = vec![vec![false, true, true], vec![false, false, true]];
         let out = masked_ce(&logits, &ids, &mask).unwrap();
-        let expect = -(log_softmax_at(&l0[0], 1) + log_softmax_at(&l0[1], 2) + log_softmax_at(&l1[1], 2))
-            / 3.0;
+        let expect =
+            -(log_softmax_at(&l0[0], 1) + log_softmax_at(&l0[1], 2) + log_softmax_at(&l1[1], 2))
+                / 3.0;
         close(out.loss.to_scalar::<f32>().unwrap(), expect);
         assert_eq!(out.tokens, 3);
         // argmax: row0 t0 → 1 (hit), row0 t1 → 2 (hit), row1 t1 → 0 (miss)
@@ -153,15 +164,39 @@ mod tests {
         let r = Tensor::new(&[0.5f32, 1.0], &Device::Cpu).unwrap();
         let sp = |x: f64| (1.0 + x.exp()).ln();
         let plain = (sp(-1.5) + sp(2.0)) / 2.0;
-        close(bradley_terry(&c, &r, 0.0, 0.0).unwrap().to_scalar().unwrap(), plain);
+        close(
+            bradley_terry(&c, &r, 0.0, 0.0)
+                .unwrap()
+                .to_scalar()
+                .unwrap(),
+            plain,
+        );
         let with_margin = (sp(-1.5 + 0.5) + sp(2.0 + 0.5)) / 2.0;
-        close(bradley_terry(&c, &r, 0.5, 0.0).unwrap().to_scalar().unwrap(), with_margin);
+        close(
+            bradley_terry(&c, &r, 0.5, 0.0)
+                .unwrap()
+                .to_scalar()
+                .unwrap(),
+            with_margin,
+        );
         let centred = plain + 0.01 * (2.5f64.powi(2) + 0.0) / 2.0;
-        close(bradley_terry(&c, &r, 0.0, 0.01).unwrap().to_scalar().unwrap(), centred);
+        close(
+            bradley_terry(&c, &r, 0.0, 0.01)
+                .unwrap()
+                .to_scalar()
+                .unwrap(),
+            centred,
+        );
         // stable for large differences: no inf/NaN
         let big = Tensor::new(&[500f32], &Device::Cpu).unwrap();
         let zero = Tensor::new(&[0f32], &Device::Cpu).unwrap();
-        close(bradley_terry(&zero, &big, 0.0, 0.0).unwrap().to_scalar().unwrap(), 500.0);
+        close(
+            bradley_terry(&zero, &big, 0.0, 0.0)
+                .unwrap()
+                .to_scalar()
+                .unwrap(),
+            500.0,
+        );
     }
 
     #[test]

@@ -4,6 +4,6 @@
 pub mod config;
 pub mod losses;
 pub mod optim;
-pub mod train_loop;
 #[cfg(test)]
 pub mod testutil;
+pub mod train_loop;

@@ -33,8 +33,14 @@ impl AdamW {
     /// Zero moments for every variable.
     pub fn new(vars: Vec<(String, Var)>, params: AdamWParams) -> Result<Self> {
         let zeros = |v: &Var| v.as_tensor().zeros_like()?.to_dtype(DType::F32);
-        let m = vars.iter().map(|(_, v)| zeros(v)).collect::<Result<Vec<_>>>()?;
-        let v = vars.iter().map(|(_, v)| zeros(v)).collect::<Result<Vec<_>>>()?;
+        let m = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             vars,
             m,
@@ -85,11 +91,15 @@ impl AdamW {
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (slot, prefix) in [(&mut self.m[i], "m"), (&mut self.v[i], "v")] {
                 let key = format!("{prefix}/{name}");
-                let x = tensors
-                    .remove(&key)
-                    .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks {key}")))?;
+                let x = tensors.remove(&key).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("optimizer state lacks {key}"))
+                })?;
                 if x.shape() != var.shape() {
-                    candle_core::bail!("optimizer state {key} has shape {:?}, variable {:?}", x.shape(), var.shape());
+                    candle_core::bail!(
+                        "optimizer state {key} has shape {:?}, variable {:?}",
+                        x.shape(),
+                        var.shape()
+                    );
                 }
                 *slot = x.to_dtype(DType::F32)?.to_device(var.device())?;
             }
@@ -127,7 +137,13 @@ pub enum ScheduleKind {
 
 /// Learning rate for optimizer step `step` (0-based) of `total`: linear warm-up from 0 over
 /// `warmup` steps, then the chosen decay to 0 (transformers' schedulers, stepped once per update).
-pub fn learning_rate(kind: ScheduleKind, base: f64, step: usize, total: usize, warmup: usize) -> f64 {
+pub fn learning_rate(
+    kind: ScheduleKind,
+    base: f64,
+    step: usize,
+    total: usize,
+    warmup: usize,
+) -> f64 {
     if step < warmup {
         return base * step as f64 / warmup.max(1) as f64;
     }
@@ -136,7 +152,9 @@ pub fn learning_rate(kind: ScheduleKind, base: f64, step: usize, total: usize, w
     match kind {
         ScheduleKind::Constant => base,
         ScheduleKind::Linear => base * (1.0 - progress).max(0.0),
-        ScheduleKind::Cosine => base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()).max(0.0),
+        ScheduleKind::Cosine => {
+            base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()).max(0.0)
+        }
     }
 }
 
@@ -167,7 +185,8 @@ mod tests {
             assert!((f64::from(*g) - e).abs() < 1e-5, "{got:?} vs {p1:?}");
         }
         let g2 = [-1f64, 2.0];
-        opt.step(&[Tensor::new(&[-1f32, 2.0], &Device::Cpu).unwrap()], 0.1).unwrap();
+        opt.step(&[Tensor::new(&[-1f32, 2.0], &Device::Cpu).unwrap()], 0.1)
+            .unwrap();
         let got = var.as_tensor().to_vec1::<f32>().unwrap();
         for i in 0..2 {
             let m = 0.9 * 0.1 * 0.5 + 0.1 * g2[i];

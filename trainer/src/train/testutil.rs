@@ -23,7 +23,10 @@ pub fn tiny_model(name: &str, seed: u64, dropout: f32) -> Llama {
         r: 8,
         lora_alpha: 16.0,
         lora_dropout: dropout,
-        target_modules: rllr_core::lora::TARGETABLE.iter().map(|s| s.to_string()).collect(),
+        target_modules: rllr_core::lora::TARGETABLE
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         use_rslora: false,
     };
     m.add_adapter(name, &lora, seed).unwrap();
