@@ -1,5 +1,5 @@
-//! `rllr-train`: the offline half of rllr, one subcommand per job (convert, and later sft, reward,
-//! ppo, eval). Each flag can also come from an `RLLR_*` environment variable, so runs are scriptable
+//! `rllr-train`: the offline half of rllr, one subcommand per job (convert, data, rationalize,
+//! pairs, sft, reward, eval; ppo later). Each flag can also come from an `RLLR_*` environment variable, so runs are scriptable
 //! and reproducible from a shell file or a job spec.
 
 use std::path::{Path, PathBuf};
@@ -13,10 +13,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rllr_core::gguf::{base_manifest, import_gguf_with_progress, write_hf_checkpoint_with};
 
 mod data;
+mod eval;
 mod generate;
 mod pairs;
 mod rationalize;
+mod reward;
+mod sft;
+mod stage;
 mod teacher;
+mod train;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -48,6 +53,14 @@ enum Command {
     Rationalize(rationalize::RationalizeArgs),
     /// Build label-sensitive, rationale-sensitive or held-out test preference pairs.
     Pairs(pairs::PairsArgs),
+    /// Supervised fine-tuning (completion-only loss, LoRA, with or without rationales); merges
+    /// the adapter into the base to give M_sft.
+    Sft(Box<sft::SftArgs>),
+    /// Train a reward model (LoRA + score head) on preference pairs: label-sensitive pairs give
+    /// the RLLR reward model, rationale-sensitive pairs the RLHF one.
+    Reward(Box<reward::RewardArgs>),
+    /// Evaluate a policy on a task split or a reward model on a pair file.
+    Eval(eval::EvalArgs),
 }
 
 /// Element type of the written weights.
@@ -102,6 +115,9 @@ fn main() -> ExitCode {
         Command::Data(args) => data::cli::run(&args),
         Command::Rationalize(args) => rationalize::run(&args),
         Command::Pairs(args) => pairs::run(&args),
+        Command::Sft(args) => sft::run(&args),
+        Command::Reward(args) => reward::run(&args),
+        Command::Eval(args) => eval::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,512 @@
+//! `rllr-train eval`: how good a policy or a reward model is (method.md §7).
+//!
+//! A policy answers a task split with greedy generations; each answer is parsed strictly (D9:
+//! unparseable counts as wrong) into accuracy, per-label precision/recall, a confusion matrix, the
+//! unparseable rate and the mean rationale length. A reward model scores both sides of each pair
+//! at the last token: pairwise accuracy (strict `r_c > r_r`), mean margin and reward statistics.
+//! SFT and RM training call the same functions for their dev evaluations.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use rllr_core::checkpoint::{self, SCORE_HEAD};
+use rllr_core::dataset::{read_examples, read_jsonl, Example, Pair};
+use rllr_core::task::TaskSpec;
+use rllr_core::template::ChatTemplate;
+use rllr_core::{
+    generate, Batch, ForwardCtx, GenerationRequest, Llama, PaddingSide, SamplingParams,
+    StopCriteria,
+};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::stage;
+
+/// How to ask a policy: everything but the model.
+#[derive(Clone, Copy)]
+pub struct PolicyEvalSpec<'a> {
+    pub task: &'a TaskSpec,
+    pub template: &'a ChatTemplate,
+    pub tokenizer: &'a Tokenizer,
+    pub eos: &'a [u32],
+    pub pad: u32,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+    /// Extra text after the query (e.g. the answer-format instruction for a zero-shot base).
+    pub hint: Option<&'a str>,
+}
+
+/// Precision and recall of one label.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelMetrics {
+    pub label: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub support: usize,
+    pub predicted: usize,
+}
+
+/// A policy's scores on a split.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyReport {
+    pub n: usize,
+    pub accuracy: f64,
+    pub unparseable_rate: f64,
+    /// Mean rationale length in whitespace-separated words.
+    pub mean_rationale_words: f64,
+    pub per_label: Vec<LabelMetrics>,
+    /// `confusion[gold][predicted]`; the last column counts unparseable answers.
+    pub confusion: Vec<Vec<usize>>,
+    pub wall_s: f64,
+    /// First few (gold, generated text) pairs, to read.
+    pub samples: Vec<(String, String)>,
+}
+
+/// Metrics from gold label indices and parsed predictions (`None` = unparseable).
+pub fn policy_metrics(
+    labels: &[String],
+    gold: &[usize],
+    pred: &[Option<usize>],
+    rationale_words: &[usize],
+) -> PolicyReport {
+    let k = labels.len();
+    let mut confusion = vec![vec![0usize; k + 1]; k];
+    for (g, p) in gold.iter().zip(pred) {
+        confusion[*g][p.unwrap_or(k)] += 1;
+    }
+    let n = gold.len();
+    let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
+    let unparseable: usize = confusion.iter().map(|r| r[k]).sum();
+    let per_label = (0..k)
+        .map(|i| {
+            let support: usize = confusion[i].iter().sum();
+            let predicted: usize = confusion.iter().map(|r| r[i]).sum();
+            LabelMetrics {
+                label: labels[i].clone(),
+                precision: ratio(confusion[i][i], predicted),
+                recall: ratio(confusion[i][i], support),
+                support,
+                predicted,
+            }
+        })
+        .collect();
+    PolicyReport {
+        n,
+        accuracy: ratio(correct, n),
+        unparseable_rate: ratio(unparseable, n),
+        mean_rationale_words: ratio(rationale_words.iter().sum(), rationale_words.len()),
+        per_label,
+        confusion,
+        wall_s: 0.0,
+        samples: Vec::new(),
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// Greedy answers of `model` (through `ctx`) to `examples`, scored.
+pub fn evaluate_policy(
+    model: &Llama,
+    ctx: &ForwardCtx,
+    examples: &[Example],
+    spec: &PolicyEvalSpec,
+) -> anyhow::Result<PolicyReport> {
+    let t0 = std::time::Instant::now();
+    let task = spec.task;
+    let fmt = task.response_format();
+    let label_texts = task.label_texts();
+    let stop = StopCriteria {
+        eos_ids: spec.eos.to_vec(),
+        stop_strings: spec.template.stop_strings(),
+        max_new_tokens: spec.max_new_tokens,
+    };
+    let (mut gold, mut pred, mut words, mut samples) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for chunk in examples.chunks(spec.batch_size.max(1)) {
+        let requests = chunk
+            .iter()
+            .map(|ex| {
+                let text = stage::prompt_text(task, spec.template, &ex.input, spec.hint)?;
+                Ok(GenerationRequest {
+                    prompt: stage::encode(spec.tokenizer, &text)?,
+                    sampling: SamplingParams::greedy(),
+                    stop: stop.clone(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let out = generate(model, Some(spec.tokenizer), &requests, ctx, spec.pad)?;
+        for (ex, g) in chunk.iter().zip(out) {
+            let text = spec
+                .template
+                .stop_strings()
+                .iter()
+                .fold(g.text.unwrap_or_default(), |t, s| t.replace(s.as_str(), ""));
+            let parsed = fmt.parse(&text, &label_texts);
+            gold.push(task.label_index(&ex.label)?);
+            pred.push(parsed.label);
+            words.push(parsed.rationale.split_whitespace().count());
+            if samples.len() < 5 {
+                samples.push((ex.label.clone(), text.trim().to_string()));
+            }
+        }
+    }
+    let names: Vec<String> = task.labels.iter().map(|l| l.name.clone()).collect();
+    let mut r = policy_metrics(&names, &gold, &pred, &words);
+    r.wall_s = t0.elapsed().as_secs_f64();
+    r.samples = samples;
+    Ok(r)
+}
+
+/// A tokenised pair: full sequences (prompt + response + EOS) for both sides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairItem {
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
+
+/// A reward model's scores on pairs.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairReport {
+    pub n: usize,
+    pub accuracy: f64,
+    pub margin: f64,
+    pub chosen_mean: f64,
+    pub rejected_mean: f64,
+    pub reward_mean: f64,
+    pub reward_std: f64,
+}
+
+/// Pairwise metrics from last-token rewards.
+pub fn pair_metrics(chosen: &[f32], rejected: &[f32]) -> PairReport {
+    let n = chosen.len();
+    let mean = |v: &[f32]| v.iter().map(|x| f64::from(*x)).sum::<f64>() / v.len().max(1) as f64;
+    let wins = chosen.iter().zip(rejected).filter(|(c, r)| c > r).count();
+    let all: Vec<f32> = chosen.iter().chain(rejected).copied().collect();
+    let m = mean(&all);
+    let var =
+        all.iter().map(|x| (f64::from(*x) - m).powi(2)).sum::<f64>() / all.len().max(1) as f64;
+    PairReport {
+        n,
+        accuracy: ratio(wins, n),
+        margin: mean(chosen) - mean(rejected),
+        chosen_mean: mean(chosen),
+        rejected_mean: mean(rejected),
+        reward_mean: m,
+        reward_std: var.sqrt(),
+    }
+}
+
+/// Last-token rewards of head `head` for both sides of `pairs` (eval mode).
+pub fn score_pairs(
+    model: &Llama,
+    ctx: &ForwardCtx,
+    head: &str,
+    pairs: &[PairItem],
+    pad: u32,
+    batch_size: usize,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let (mut c, mut r) = (Vec::new(), Vec::new());
+    for chunk in pairs.chunks(batch_size.max(1)) {
+        let mut seqs: Vec<Vec<u32>> = chunk.iter().map(|p| p.chosen.clone()).collect();
+        seqs.extend(chunk.iter().map(|p| p.rejected.clone()));
+        let batch = Batch::new(&seqs, pad, PaddingSide::Right, model.device())?;
+        let h = model.hidden_states(&batch, ctx)?;
+        let s = model.score(&h, &batch, head)?.to_vec1::<f32>()?;
+        c.extend_from_slice(&s[..chunk.len()]);
+        r.extend_from_slice(&s[chunk.len()..]);
+    }
+    Ok((c, r))
+}
+
+/// Tokenise pairs: prompt from the pair's input, each response + template end + EOS, both cut
+/// with the proportion of the longer response (method.md §2.3).
+pub fn encode_pairs(
+    loaded: &stage::Loaded,
+    task: &TaskSpec,
+    pairs: &[Pair],
+    cutoff: usize,
+) -> anyhow::Result<Vec<PairItem>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let prompt = stage::encode(
+                &loaded.tokenizer,
+                &stage::prompt_text(task, &loaded.template, &p.input, None)?,
+            )?;
+            let c =
+                stage::response_ids(&loaded.tokenizer, &loaded.template, &loaded.eos, &p.chosen)?;
+            let r = stage::response_ids(
+                &loaded.tokenizer,
+                &loaded.template,
+                &loaded.eos,
+                &p.rejected,
+            )?;
+            let (s, t) = stage::proportional_cut(prompt.len(), c.len().max(r.len()), cutoff);
+            let join = |resp: &[u32]| {
+                let mut v = prompt[..s].to_vec();
+                v.extend_from_slice(&resp[..t.min(resp.len())]);
+                v.truncate(cutoff);
+                v
+            };
+            Ok(PairItem {
+                chosen: join(&c),
+                rejected: join(&r),
+            })
+        })
+        .collect()
+}
+
+// ---- CLI ------------------------------------------------------------------------------------------
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    pub what: EvalWhat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalWhat {
+    /// A policy (SFT, PPO or base model) on a task split: accuracy from greedy generations.
+    Policy(PolicyArgs),
+    /// A reward model on a pair file: pairwise accuracy and margin.
+    Reward(RewardEvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    /// Model directory (merged M_sft, a base model, ...).
+    #[arg(long, env = "RLLR_MODEL")]
+    pub model: PathBuf,
+    /// PEFT adapter to apply on top (e.g. <sft run>/adapter).
+    #[arg(long, env = "RLLR_ADAPTER")]
+    pub adapter: Option<PathBuf>,
+    /// Task spec file.
+    #[arg(long, env = "RLLR_TASK")]
+    pub task: PathBuf,
+    /// Examples (JSONL), e.g. data/comve/dev.jsonl.
+    #[arg(long, env = "RLLR_DATA")]
+    pub data: PathBuf,
+    /// Evaluate the first N examples (0: all).
+    #[arg(long, env = "RLLR_LIMIT", default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, env = "RLLR_MAX_NEW_TOKENS", default_value_t = 96)]
+    pub max_new_tokens: usize,
+    #[arg(long, env = "RLLR_BATCH_SIZE", default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, env = "RLLR_TEMPLATE", default_value = "auto")]
+    pub template: String,
+    /// Append an instruction describing the answer format to each prompt (for models never
+    /// trained on it, e.g. the zero-shot base).
+    #[arg(long, env = "RLLR_FORMAT_HINT")]
+    pub format_hint: bool,
+    /// Write the JSON report here (it is printed as a table either way).
+    #[arg(long, env = "RLLR_OUTPUT")]
+    pub output: Option<PathBuf>,
+    #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
+    pub device: String,
+    #[arg(long, env = "RLLR_DTYPE", default_value = "f32")]
+    pub dtype: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RewardEvalArgs {
+    /// Reward-model directory written by `rllr-train reward` (PEFT adapter + score head + rllr.json).
+    #[arg(long, env = "RLLR_MODEL")]
+    pub model: PathBuf,
+    /// Base the adapter goes on (default: the manifest's base_checkpoint).
+    #[arg(long, env = "RLLR_BASE")]
+    pub base: Option<PathBuf>,
+    /// Task spec file.
+    #[arg(long, env = "RLLR_TASK")]
+    pub task: PathBuf,
+    /// Pair file (JSONL).
+    #[arg(long, env = "RLLR_PAIRS")]
+    pub pairs: PathBuf,
+    #[arg(long, env = "RLLR_LIMIT", default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, env = "RLLR_CUTOFF_LEN", default_value_t = 512)]
+    pub cutoff_len: usize,
+    #[arg(long, env = "RLLR_BATCH_SIZE", default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, env = "RLLR_TEMPLATE", default_value = "auto")]
+    pub template: String,
+    #[arg(long, env = "RLLR_OUTPUT")]
+    pub output: Option<PathBuf>,
+    #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
+    pub device: String,
+    #[arg(long, env = "RLLR_DTYPE", default_value = "f32")]
+    pub dtype: String,
+}
+
+pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    match &args.what {
+        EvalWhat::Policy(a) => run_policy(a),
+        EvalWhat::Reward(a) => run_reward(a),
+    }
+}
+
+/// The answer-format instruction for models that were not trained on it.
+pub fn format_hint(task: &TaskSpec) -> String {
+    let labels = task.label_texts().join(", ");
+    format!(
+        "Explain your reasoning in one or two sentences, then finish with a last line of the form \"{} <label>\" where <label> is one of: {labels}.",
+        task.answer_prefix
+    )
+}
+
+fn run_policy(a: &PolicyArgs) -> anyhow::Result<()> {
+    let task = TaskSpec::load(&a.task).with_context(|| format!("task {}", a.task.display()))?;
+    let mut examples = read_examples(&a.data, &task)?;
+    if a.limit > 0 {
+        examples.truncate(a.limit);
+    }
+    if examples.is_empty() {
+        bail!("{}: no examples", a.data.display());
+    }
+    let ckpt = stage::open_checkpoint(&a.model, "--model", Some(&task))?;
+    let mut loaded = stage::load(ckpt, &a.template, &a.device, &a.dtype)?;
+    let ctx = match &a.adapter {
+        Some(dir) => {
+            checkpoint::load_adapter(&mut loaded.model, dir, "adapter", false)
+                .with_context(|| format!("loading --adapter {}", dir.display()))?;
+            ForwardCtx::with_adapter("adapter")
+        }
+        None => ForwardCtx::default(),
+    };
+    let hint = a.format_hint.then(|| format_hint(&task));
+    let spec = PolicyEvalSpec {
+        task: &task,
+        template: &loaded.template,
+        tokenizer: &loaded.tokenizer,
+        eos: &loaded.eos,
+        pad: loaded.pad,
+        max_new_tokens: a.max_new_tokens,
+        batch_size: a.batch_size,
+        hint: hint.as_deref(),
+    };
+    let report = evaluate_policy(&loaded.model, &ctx, &examples, &spec)?;
+    print_policy(&task, &report);
+    if let Some(out) = &a.output {
+        rllr_core::fsutil::write_file_atomic(
+            out,
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The report as a readable table.
+pub fn print_policy(task: &TaskSpec, r: &PolicyReport) {
+    println!(
+        "n {}  accuracy {:.4}  unparseable {:.4}  mean rationale {:.1} words  ({:.1}s)",
+        r.n, r.accuracy, r.unparseable_rate, r.mean_rationale_words, r.wall_s
+    );
+    println!(
+        "{:<16} {:>9} {:>9} {:>8} {:>9}",
+        "label", "precision", "recall", "support", "predicted"
+    );
+    for l in &r.per_label {
+        println!(
+            "{:<16} {:>9.4} {:>9.4} {:>8} {:>9}",
+            l.label, l.precision, l.recall, l.support, l.predicted
+        );
+    }
+    let mut head = format!("{:<16}", "gold \\ pred");
+    for l in &task.labels {
+        head.push_str(&format!(" {:>12}", l.name));
+    }
+    head.push_str(&format!(" {:>12}", "unparseable"));
+    println!("{head}");
+    for (i, row) in r.confusion.iter().enumerate() {
+        let mut line = format!("{:<16}", task.labels[i].name);
+        for v in row {
+            line.push_str(&format!(" {v:>12}"));
+        }
+        println!("{line}");
+    }
+}
+
+fn run_reward(a: &RewardEvalArgs) -> anyhow::Result<()> {
+    let task = TaskSpec::load(&a.task).with_context(|| format!("task {}", a.task.display()))?;
+    let mut pairs: Vec<Pair> = read_jsonl(&a.pairs)?;
+    if a.limit > 0 {
+        pairs.truncate(a.limit);
+    }
+    stage::check_pairs(&pairs, &task, &a.pairs)?;
+    let manifest = rllr_core::manifest::Manifest::read(&a.model)?.with_context(|| {
+        format!(
+            "{}: no rllr.json (not a reward model written by rllr-train reward?)",
+            a.model.display()
+        )
+    })?;
+    let base = match (&a.base, &manifest.base_checkpoint) {
+        (Some(b), _) => b.clone(),
+        (None, Some(b)) => PathBuf::from(b),
+        (None, None) => bail!(
+            "{}: rllr.json names no base_checkpoint; pass --base",
+            a.model.display()
+        ),
+    };
+    let ckpt = stage::open_checkpoint(&base, "base", Some(&task))?;
+    let mut loaded = stage::load(ckpt, &a.template, &a.device, &a.dtype)?;
+    checkpoint::load_adapter(&mut loaded.model, &a.model, SCORE_HEAD, false)
+        .with_context(|| format!("loading reward model {}", a.model.display()))?;
+    if loaded.model.head(SCORE_HEAD).is_none() {
+        bail!("{}: the adapter has no score head", a.model.display());
+    }
+    let items = encode_pairs(&loaded, &task, &pairs, a.cutoff_len)?;
+    let (c, r) = score_pairs(
+        &loaded.model,
+        &ForwardCtx::with_adapter(SCORE_HEAD),
+        SCORE_HEAD,
+        &items,
+        loaded.pad,
+        a.batch_size,
+    )?;
+    let report = pair_metrics(&c, &r);
+    println!(
+        "pairs {}  accuracy {:.4}  margin {:.4}  chosen {:.4}  rejected {:.4}  reward mean {:.4} std {:.4}",
+        report.n, report.accuracy, report.margin, report.chosen_mean, report.rejected_mean, report.reward_mean, report.reward_std
+    );
+    if let Some(out) = &a.output {
+        rllr_core::fsutil::write_file_atomic(
+            out,
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_metrics_count_unparseable_as_wrong() {
+        let labels = vec!["a".to_string(), "b".to_string()];
+        let gold = [0, 0, 1, 1, 1];
+        let pred = [Some(0), None, Some(1), Some(0), Some(1)];
+        let r = policy_metrics(&labels, &gold, &pred, &[2, 4, 6, 0, 3]);
+        assert_eq!(r.confusion, vec![vec![1, 0, 1], vec![1, 2, 0]]);
+        assert!((r.accuracy - 0.6).abs() < 1e-12);
+        assert!((r.unparseable_rate - 0.2).abs() < 1e-12);
+        assert!((r.per_label[0].precision - 0.5).abs() < 1e-12);
+        assert!((r.per_label[0].recall - 0.5).abs() < 1e-12);
+        assert!((r.per_label[1].recall - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.mean_rationale_words - 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn pair_metrics_are_strict() {
+        let r = pair_metrics(&[1.0, 0.5, 2.0], &[0.0, 0.5, 3.0]);
+        assert!((r.accuracy - 1.0 / 3.0).abs() < 1e-12);
+        assert!((r.margin - 0.0).abs() < 1e-6);
+    }
+}
