@@ -9,7 +9,7 @@
 //! Every entry point checks [`fusable`] and the callers fall back to the composite path (plain
 //! candle ops, the reference the gradient-check tests compare against) for other devices and dtypes.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
@@ -22,9 +22,15 @@ type CResult<T> = candle_core::Result<T>;
 /// more than the work in a decode step).
 const PAR_MIN: usize = 1 << 15;
 
-/// Can the fused kernels run on `t`: f32 on the CPU.
+/// Can the fused kernels run on `t`: f32 on the CPU, unless `RLLR_COMPOSITE=1` asks for the
+/// composite path everywhere (for A/B measurements and bisecting numerics).
 pub(crate) fn fusable(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.device().is_cpu() && t.dtype() == DType::F32 && !composite_forced()
+}
+
+fn composite_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("RLLR_COMPOSITE").is_ok_and(|v| v == "1"))
 }
 
 fn msg(s: &str) -> candle_core::Error {
@@ -590,7 +596,7 @@ impl CustomOp1 for FrozenLinear {
 /// `x·Wᵀ` for x (N, in) and a frozen W (out, in). Under autograd on the CPU the weight gradient
 /// is never computed; otherwise this is the plain matmul.
 pub(crate) fn frozen_linear(x: &Tensor, weight: &Tensor) -> CResult<Tensor> {
-    if !x.track_op() || weight.track_op() || !x.device().is_cpu() {
+    if !x.track_op() || weight.track_op() || !fusable(x) {
         return x.matmul(&weight.t()?);
     }
     let y = x.detach().matmul(&weight.t()?)?;
@@ -599,4 +605,116 @@ pub(crate) fn frozen_linear(x: &Tensor, weight: &Tensor) -> CResult<Tensor> {
         out: Mutex::new(Some(y)),
     };
     x.apply_op1(op)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Gradient check: every fused kernel against its composite reference, forward and backward.
+
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::model::{masked_softmax_composite, rms_norm_composite, swiglu_composite};
+
+    type Op<'a> = &'a dyn Fn(&[Tensor]) -> crate::Result<Tensor>;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Output of `f` at `inputs` and the gradients of Σ y·r (r fixed random) w.r.t. each input.
+    fn value_and_grads(f: Op, inputs: &[Tensor]) -> (Tensor, Vec<Tensor>) {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&ts).unwrap();
+        let r = rand(y.dims(), 99);
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = vars.iter().map(|v| grads.get(v).unwrap().clone()).collect();
+        (y, g)
+    }
+
+    fn check(name: &str, fused: Op, composite: Op, inputs: &[Tensor]) {
+        let (yf, gf) = value_and_grads(fused, inputs);
+        let (yc, gc) = value_and_grads(composite, inputs);
+        assert_eq!(yf.dims(), yc.dims(), "{name}");
+        let fwd = max_diff(&yf, &yc);
+        assert!(fwd <= 1e-4, "{name} forward: max |Δ| {fwd}");
+        for (i, (a, b)) in gf.iter().zip(&gc).enumerate() {
+            let bwd = max_diff(a, b);
+            assert!(bwd <= 1e-4, "{name} grad of input {i}: max |Δ| {bwd}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_composite() {
+        let f = |t: &[Tensor]| Ok(rms_norm(&t[0], &t[1], 1e-5)?);
+        let c = |t: &[Tensor]| rms_norm_composite(&t[0], &t[1], 1e-5);
+        check("rms_norm", &f, &c, &[rand(&[3, 5, 16], 1), rand(&[16], 2)]);
+        // Large enough for the row-parallel branch.
+        check(
+            "rms_norm",
+            &f,
+            &c,
+            &[rand(&[3, 40, 300], 12), rand(&[300], 13)],
+        );
+    }
+
+    #[test]
+    fn rope_matches_composite() {
+        let (cos, sin) = (rand(&[2, 1, 5, 8], 3), rand(&[2, 1, 5, 8], 4));
+        let f = |t: &[Tensor]| crate::rope::apply_heads(&t[0], &cos, &sin);
+        let c = |t: &[Tensor]| {
+            let x = t[0].transpose(1, 2)?.contiguous()?;
+            crate::rope::apply(&x, &cos, &sin)
+        };
+        check("rope", &f, &c, &[rand(&[2, 5, 3, 8], 5)]);
+    }
+
+    #[test]
+    fn masked_softmax_matches_composite() {
+        let (b, g, l, t) = (2, 3, 4, 6);
+        let pos: Vec<Vec<u32>> = vec![(0..t as u32).collect(); b];
+        let valid = vec![vec![false, true, true, true, true, true]; b];
+        let q: Vec<Vec<u32>> = vec![(2..6).collect(); b];
+        let bias = crate::model::attention_bias(&q, &pos, &valid, None, &Device::Cpu).unwrap();
+        let f = |x: &[Tensor]| Ok(masked_softmax(&x[0], &bias.reshape((b, l, t))?, 0.3)?);
+        let c = |x: &[Tensor]| masked_softmax_composite(&x[0], &bias.reshape((b, 1, l, t))?, 0.3);
+        check("masked_softmax", &f, &c, &[rand(&[b, g, l, t], 6)]);
+    }
+
+    #[test]
+    fn swiglu_matches_composite() {
+        let f = |t: &[Tensor]| Ok(swiglu(&t[0], &t[1])?);
+        let c = |t: &[Tensor]| swiglu_composite(&t[0], &t[1]);
+        check("swiglu", &f, &c, &[rand(&[4, 10], 7), rand(&[4, 10], 8)]);
+    }
+
+    #[test]
+    fn masked_cross_entropy_matches_composite() {
+        let targets = Tensor::new(&[3u32, 0, 10, 5, 7, 1], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[1f32, 1.0, 0.0, 1.0, 1.0, 0.0], &Device::Cpu).unwrap();
+        let f = |t: &[Tensor]| Ok(masked_cross_entropy(&t[0], &targets, &mask)?);
+        let c = |t: &[Tensor]| crate::loss::composite(&t[0], &targets.unsqueeze(1)?, &mask);
+        check("cross_entropy", &f, &c, &[rand(&[6, 11], 9)]);
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_and_leaves_the_weight_alone() {
+        let w = rand(&[3, 7], 10);
+        let f = |t: &[Tensor]| Ok(frozen_linear(&t[0], &w)?);
+        let c = |t: &[Tensor]| Ok(t[0].matmul(&w.t()?)?);
+        check("frozen_linear", &f, &c, &[rand(&[5, 7], 11)]);
+    }
 }

@@ -134,11 +134,7 @@ impl Attention {
             .transpose(1, 2)?
             .contiguous()?;
         if let Some((cache, layer)) = cache {
-            if let Some((pk, pv)) = cache.layer(layer) {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            cache.set_layer(layer, k.clone(), v.clone());
+            (k, v) = cache.append(layer, &k, &v)?;
         }
         // Grouped-query attention without copying K/V: view the query heads that share a KV head
         // as one longer sequence, (B, KV, rep·L, D).
