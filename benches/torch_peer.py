@@ -12,6 +12,14 @@ Workloads (each: one warm-up run, then the median of --repeats timed runs, wall 
     forward_32x128   same with batch 32
     decode_b1_64     greedy generate of exactly 64 new tokens from a 32-token prompt, batch 1
     decode_b8_64     same with batch 8 (8 different 32-token prompts, no padding)
+    decode_b32_64    same with batch 32
+    train_lora_8x256 one LoRA training step: peft LoRA r=16, alpha=32, dropout=0.1 on q_proj and
+                     v_proj (rllr's LoraConfig::default()), model.train(), forward 8x256 -> mean
+                     cross-entropy over every position -> backward -> torch.optim.AdamW step
+    score_16x128     reward scoring: LlamaForSequenceClassification(num_labels=1) over 16x128,
+                     one score per row at its last token; sequences_per_s = 16 / seconds
+    peak_rss_train_lora  VmHWM (MiB) of a fresh Python process that loads the model and runs two
+                     train_lora_8x256 steps (this script re-run with --only train_lora_8x256)
 Decode uses generate(min_new_tokens=64, max_new_tokens=64, do_sample=False, use_cache=True), so
 it includes the 32-token prefill; tokens_per_s = batch * 64 / seconds. For forwards,
 tokens_per_s = batch * 128 / seconds (prefill throughput).
@@ -53,7 +61,12 @@ WORKLOADS = {
     "forward_32x128": ("forward", 32),
     "decode_b1_64": ("decode", 1),
     "decode_b8_64": ("decode", 8),
+    "decode_b32_64": ("decode", 32),
+    "train_lora_8x256": ("train", 8),
+    "score_16x128": ("score", 16),
+    "peak_rss_train_lora": ("peak_rss", 8),
 }
+TRAIN_SEQ = 256
 
 
 def random_ids(batch: int, length: int, vocab: int) -> torch.Tensor:
@@ -69,21 +82,79 @@ def select(only: str | None) -> list[str]:
     for w in wanted:
         hits = [n for n, (kind, _) in WORKLOADS.items() if n == w or kind == w]
         if not hits:
-            raise SystemExit(f"--only: unknown workload {w!r}; choose from {list(WORKLOADS)} or forward/decode")
+            raise SystemExit(f"--only: unknown workload {w!r}; choose from {list(WORKLOADS)} or a kind")
         names += [h for h in hits if h not in names]
     return names
 
 
-def load(args):
-    kw = dict(dtype=torch.float32, attn_implementation=args.attn)
+def load(args, cls=AutoModelForCausalLM, **extra):
+    kw = dict(dtype=torch.float32, attn_implementation=args.attn, **extra)
     if args.gguf:
         folder, name = os.path.split(os.path.abspath(args.gguf))
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **kw)
+        model = cls.from_pretrained(folder, gguf_file=name, **kw)
         src = args.gguf
     else:
-        model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, **kw)
+        model = cls.from_pretrained(args.model, local_files_only=True, **kw)
         src = args.model
     return model.eval(), src
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_train(model, batch: int):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
+    peft_model = get_peft_model(model, cfg).train()
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad])
+    vocab = model.config.vocab_size
+    ids = random_ids(batch, TRAIN_SEQ, vocab)
+    targets = random_ids(batch, TRAIN_SEQ, vocab).roll(1, dims=1)
+    mask = torch.ones_like(ids)
+
+    def run():
+        logits = peft_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return run, batch * TRAIN_SEQ
+
+
+def make_score(args, batch: int):
+    from transformers import LlamaForSequenceClassification
+
+    model, _ = load(args, LlamaForSequenceClassification, num_labels=1)
+    ids = random_ids(batch, SEQ, model.config.vocab_size)
+    mask = torch.ones_like(ids)
+
+    def run():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        assert out.shape == (batch, 1), out.shape
+
+    return run, batch
+
+
+def peak_rss_child(args) -> dict:
+    """Run the training step alone in a fresh interpreter and read its VmHWM."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+        src = ["--gguf", args.gguf] if args.gguf else ["--model", args.model]
+        cmd = [sys.executable, os.path.abspath(__file__), *src, "--threads", str(args.threads),
+               "--repeats", "1", "--only", "train_lora_8x256", "--attn", args.attn, "--json", tmp.name]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        with open(tmp.name) as f:
+            return {"peak_rss_mib": json.load(f)["peak_rss_mib"]}
 
 
 def make_run(model, kind: str, batch: int, vocab: int):
@@ -112,6 +183,19 @@ def make_run(model, kind: str, batch: int, vocab: int):
     return run, batch * NEW
 
 
+def measure(run, items: int, repeats: int, rate: str, mode) -> dict:
+    """One warm-up, then the median of `repeats` wall-clock runs under `mode` (grad or not)."""
+    with mode():
+        run()
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            runs.append(time.perf_counter() - t0)
+    med = statistics.median(runs)
+    return {"median_s": med, "runs": runs, rate: items / med}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -126,43 +210,52 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     names = select(args.only)
-    model, source = load(args)
-    vocab = model.config.vocab_size
-    attn = model.config._attn_implementation
+    # Loaded only when a forward/decode workload needs it, so the memory child holds one model.
+    shared = {}
+
+    def base():
+        if not shared:
+            shared["model"] = load(args)[0]
+        return shared["model"]
 
     results = {}
-    with torch.inference_mode():
-        for name in names:
-            kind, batch = WORKLOADS[name]
-            run, tokens = make_run(model, kind, batch, vocab)
-            run()  # warm-up
-            runs = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                run()
-                runs.append(time.perf_counter() - t0)
-            med = statistics.median(runs)
-            results[name] = {"median_s": med, "runs": runs, "tokens_per_s": tokens / med}
-            print(f"  {name:<16} {med:9.3f} s  {tokens / med:10.1f} tok/s", flush=True)
+    for name in names:
+        kind, batch = WORKLOADS[name]
+        if kind == "peak_rss":
+            results[name] = peak_rss_child(args)
+            print(f"  {name:<20} {results[name]['peak_rss_mib']:9.1f} MiB", flush=True)
+            continue
+        if kind == "train":
+            # A fresh model: peft wraps it in place, and later workloads need the bare one.
+            run, items = make_train(load(args)[0], batch)
+            results[name] = measure(run, items, args.repeats, "tokens_per_s", torch.enable_grad)
+        elif kind == "score":
+            run, items = make_score(args, batch)
+            results[name] = measure(run, items, args.repeats, "sequences_per_s", torch.inference_mode)
+        else:
+            model = base()
+            run, items = make_run(model, kind, batch, model.config.vocab_size)
+            results[name] = measure(run, items, args.repeats, "tokens_per_s", torch.inference_mode)
+        print(f"  {name:<20} {results[name]['median_s']:9.3f} s", flush=True)
 
     report = {
         "peer": "pytorch",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": args.threads,
-        "attn": attn,
+        "attn": args.attn,
         "dtype": "float32",
-        "model": source,
+        "model": args.gguf or args.model,
         "repeats": args.repeats,
         "cpu": platform.processor() or platform.machine(),
         "results": results,
+        "peak_rss_mib": peak_rss_mib(),
     }
     print()
     print(f"pytorch peer  torch {torch.__version__}  transformers {transformers.__version__}  "
-          f"threads {args.threads}  attn {attn}  repeats {args.repeats}")
-    print(f"{'workload':<16} {'median_s':>10} {'tokens/s':>10}  runs")
+          f"threads {args.threads}  attn {args.attn}  repeats {args.repeats}")
     for name, r in results.items():
-        print(f"{name:<16} {r['median_s']:10.3f} {r['tokens_per_s']:10.1f}  {[round(x, 3) for x in r['runs']]}")
+        print(f"{name:<20} {json.dumps(r)}")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)

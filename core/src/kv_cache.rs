@@ -4,24 +4,112 @@
 //! per slot, so rows of different lengths share one rectangular tensor: left-padded prompts, rows
 //! that joined later (padded on the left), and rows at different positions all decode together.
 //! Finished rows leave with [`KvCache::retain`]; new rows join with [`KvCache::join`].
+//!
+//! Keys and values live in preallocated buffers whose time capacity grows geometrically, so a
+//! decode step writes its one new column in place instead of copying the whole cache (`cat`).
 
 use candle_core::{Tensor, D};
 
 use crate::{Error, Result};
 
+/// Time capacity of a layer's first buffer, at least.
+const MIN_CAPACITY: usize = 64;
+
+/// One layer's keys and values: (B, KV heads, capacity, head_dim) buffers, the first `len`
+/// columns in use.
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl LayerKv {
+    /// Buffers of capacity `cap` ≥ len holding `k`, `v` (B, H, len, D).
+    fn with_capacity(k: &Tensor, v: &Tensor, cap: usize) -> Result<Self> {
+        let buffer = |x: &Tensor| -> Result<Tensor> {
+            let (b, h, _, d) = x.dims4()?;
+            let buf = Tensor::zeros((b, h, cap, d), x.dtype(), x.device())?;
+            buf.slice_set(&x.contiguous()?, 2, 0)?;
+            Ok(buf)
+        };
+        Ok(Self {
+            k: buffer(k)?,
+            v: buffer(v)?,
+            len: k.dim(2)?,
+        })
+    }
+
+    fn from_views(k: &Tensor, v: &Tensor) -> Result<Self> {
+        Self::with_capacity(k, v, capacity_for(k.dim(2)?))
+    }
+
+    /// The (B, H, len, D) keys and values in use (views into the buffers).
+    fn views(&self) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
+    }
+
+    /// Write `k`, `v` (B, H, n, D) after the columns in use, growing the buffers if needed.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let n = k.dim(2)?;
+        if self.len + n > self.k.dim(2)? {
+            let (ok, ov) = self.views()?;
+            let grown = Self::with_capacity(&ok, &ov, capacity_for(self.len + n))?;
+            *self = grown;
+        }
+        self.k.slice_set(&k.contiguous()?, 2, self.len)?;
+        self.v.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len += n;
+        Ok(())
+    }
+
+    /// A deep copy (the buffers are written in place, so clones must not share them).
+    fn deep_clone(&self) -> Result<Self> {
+        Ok(Self {
+            k: self.k.copy()?,
+            v: self.v.copy()?,
+            len: self.len,
+        })
+    }
+}
+
+/// Geometric growth: the next power of two holding `len`, at least [`MIN_CAPACITY`].
+fn capacity_for(len: usize) -> usize {
+    len.next_power_of_two().max(MIN_CAPACITY)
+}
+
 /// Per-layer (B, KV heads, T, head_dim) keys and values plus per-slot metadata.
-#[derive(Clone)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
     valid: Vec<Vec<bool>>,
     positions: Vec<Vec<u32>>,
+}
+
+impl Clone for KvCache {
+    fn clone(&self) -> Self {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .map(|l| l.deep_clone().expect("copying a CPU tensor"))
+            })
+            .collect();
+        Self {
+            layers,
+            valid: self.valid.clone(),
+            positions: self.positions.clone(),
+        }
+    }
 }
 
 impl KvCache {
     /// An empty cache for a model with `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
         Self {
-            layers: vec![None; num_layers],
+            layers: (0..num_layers).map(|_| None).collect(),
             valid: Vec::new(),
             positions: Vec::new(),
         }
@@ -68,12 +156,13 @@ impl KvCache {
             .collect()
     }
 
-    pub(crate) fn layer(&self, i: usize) -> Option<&(Tensor, Tensor)> {
-        self.layers.get(i).and_then(Option::as_ref)
-    }
-
-    pub(crate) fn set_layer(&mut self, i: usize, k: Tensor, v: Tensor) {
-        self.layers[i] = Some((k, v));
+    /// Append layer `i`'s new keys and values (B, H, n, D); returns all of them, (B, H, T, D).
+    pub(crate) fn append(&mut self, i: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        match &mut self.layers[i] {
+            Some(layer) => layer.append(k, v)?,
+            slot => *slot = Some(LayerKv::from_views(k, v)?),
+        }
+        self.layers[i].as_ref().expect("just set").views()
     }
 
     /// Record the metadata of the columns just appended by a forward pass.
@@ -109,10 +198,10 @@ impl KvCache {
             )));
         }
         let idx: Vec<u32> = rows.iter().map(|r| *r as u32).collect();
-        for (k, v) in self.layers.iter_mut().flatten() {
-            let ids = Tensor::new(idx.as_slice(), k.device())?;
-            *k = k.index_select(&ids, 0)?;
-            *v = v.index_select(&ids, 0)?;
+        for layer in self.layers.iter_mut().flatten() {
+            let ids = Tensor::new(idx.as_slice(), layer.k.device())?;
+            layer.k = layer.k.index_select(&ids, 0)?;
+            layer.v = layer.v.index_select(&ids, 0)?;
         }
         self.valid = rows.iter().map(|r| self.valid[*r].clone()).collect();
         self.positions = rows.iter().map(|r| self.positions[*r].clone()).collect();
@@ -128,9 +217,13 @@ impl KvCache {
         if first_used == 0 {
             return Ok(());
         }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.narrow(2, first_used, t - first_used)?;
-            *v = v.narrow(2, first_used, t - first_used)?;
+        for layer in self.layers.iter_mut().flatten() {
+            let (k, v) = layer.views()?;
+            let (k, v) = (
+                k.narrow(2, first_used, t - first_used)?,
+                v.narrow(2, first_used, t - first_used)?,
+            );
+            *layer = LayerKv::from_views(&k, &v)?;
         }
         for row in self.valid.iter_mut() {
             row.drain(..first_used);
@@ -162,10 +255,12 @@ impl KvCache {
         let mut layers = Vec::with_capacity(self.layers.len());
         for (a, b) in self.layers.iter().zip(other.layers) {
             layers.push(match (a, b) {
-                (Some((ka, va)), Some((kb, vb))) => Some((
-                    Tensor::cat(&[&left_pad(ka, t - ta)?, &left_pad(&kb, t - tb)?], 0)?,
-                    Tensor::cat(&[&left_pad(va, t - ta)?, &left_pad(&vb, t - tb)?], 0)?,
-                )),
+                (Some(a), Some(b)) => {
+                    let ((ka, va), (kb, vb)) = (a.views()?, b.views()?);
+                    let k = Tensor::cat(&[&left_pad(&ka, t - ta)?, &left_pad(&kb, t - tb)?], 0)?;
+                    let v = Tensor::cat(&[&left_pad(&va, t - ta)?, &left_pad(&vb, t - tb)?], 0)?;
+                    Some(LayerKv::from_views(&k, &v)?)
+                }
                 _ => {
                     return Err(Error::Input(
                         "cannot join a cache that was never filled".into(),

@@ -175,7 +175,7 @@ impl LoraLinear {
             .ok_or_else(|| Error::Input("linear input has no dims".into()))?;
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = crate::fused::frozen_linear(&x2, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

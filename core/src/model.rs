@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::VarBuilder;
 
 use crate::batch::Batch;
+use crate::fused;
 use crate::kv_cache::KvCache;
 use crate::lora::{ForwardCtx, LoraConfig, LoraLinear};
 use crate::rope::{self, Rope};
@@ -37,12 +38,38 @@ impl RmsNorm {
 
     /// `w · x / sqrt(mean(x²) + eps)`, differentiable.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32)?;
-        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+        if fused::fusable(x) && fused::fusable(&self.weight) {
+            return Ok(fused::rms_norm(x, &self.weight, self.eps)?);
+        }
+        rms_norm_composite(x, &self.weight, self.eps)
     }
+}
+
+/// RMSNorm from plain candle ops: the non-CPU path and the fused kernel's reference.
+pub(crate) fn rms_norm_composite(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+}
+
+/// `softmax(scale·scores + bias)` from plain candle ops, in f32; scores (B, G, L, T), bias
+/// (B, 1, L, T): the non-CPU path and the fused kernel's reference.
+pub(crate) fn masked_softmax_composite(
+    scores: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let scores = (scores * scale)?
+        .to_dtype(DType::F32)?
+        .broadcast_add(bias)?;
+    Ok(candle_nn::ops::softmax(&scores, D::Minus1)?)
+}
+
+/// `silu(gate) · up` from plain candle ops.
+pub(crate) fn swiglu_composite(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((gate.silu()? * up)?)
 }
 
 fn linear(vb: &VarBuilder, name: &str, out: usize, inp: usize, bias: bool) -> Result<LoraLinear> {
@@ -97,23 +124,17 @@ impl Attention {
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, l, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = heads(self.q_proj.forward(x, ctx)?, self.n_heads)?;
-        let k = heads(self.k_proj.forward(x, ctx)?, self.n_kv)?;
-        let v = heads(self.v_proj.forward(x, ctx)?, self.n_kv)?;
-        let q = rope::apply(&q, cos, sin)?;
-        let mut k = rope::apply(&k, cos, sin)?;
-        let mut v = v;
+        // (B, L, heads·D) → (B, L, heads, D): a view; RoPE writes the (B, heads, L, D) layout.
+        let split = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim));
+        let q = split(self.q_proj.forward(x, ctx)?, self.n_heads)?;
+        let k = split(self.k_proj.forward(x, ctx)?, self.n_kv)?;
+        let q = rope::apply_heads(&q, cos, sin)?;
+        let mut k = rope::apply_heads(&k, cos, sin)?;
+        let mut v = split(self.v_proj.forward(x, ctx)?, self.n_kv)?
+            .transpose(1, 2)?
+            .contiguous()?;
         if let Some((cache, layer)) = cache {
-            if let Some((pk, pv)) = cache.layer(layer) {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            cache.set_layer(layer, k.clone(), v.clone());
+            (k, v) = cache.append(layer, &k, &v)?;
         }
         // Grouped-query attention without copying K/V: view the query heads that share a KV head
         // as one longer sequence, (B, KV, rep·L, D).
@@ -121,12 +142,15 @@ impl Attention {
         let t = k.dim(2)?;
         let qg = q.reshape((b, self.n_kv, rep * l, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (qg.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
-        let scores = scores
-            .reshape((b, self.n_kv, rep, l, t))?
-            .broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
-        let probs = probs.reshape((b, self.n_kv, rep * l, t))?;
+        let scores = qg.matmul(&k.t()?)?.reshape((b, self.n_heads, l, t))?;
+        let probs = if fused::fusable(&scores) {
+            fused::masked_softmax(&scores, &bias.reshape((b, l, t))?, scale)?
+        } else {
+            masked_softmax_composite(&scores, &bias.reshape((b, 1, l, t))?, scale)?
+        };
+        let probs = probs
+            .to_dtype(v.dtype())?
+            .reshape((b, self.n_kv, rep * l, t))?;
         let out = probs
             .matmul(&v)?
             .reshape((b, self.n_heads, l, self.head_dim))?;
@@ -155,9 +179,14 @@ impl Mlp {
 
     /// SwiGLU: `down(silu(gate(x)) · up(x))`.
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, ctx)?.silu()?;
+        let gate = self.gate_proj.forward(x, ctx)?;
         let up = self.up_proj.forward(x, ctx)?;
-        self.down_proj.forward(&(gate * up)?, ctx)
+        let h = if fused::fusable(&gate) {
+            fused::swiglu(&gate, &up)?
+        } else {
+            swiglu_composite(&gate, &up)?
+        };
+        self.down_proj.forward(&h, ctx)
     }
 }
 
@@ -363,7 +392,7 @@ impl Llama {
             .last()
             .ok_or_else(|| Error::Input("empty hidden states".into()))?;
         let flat = h.reshape((h.elem_count() / hidden, hidden))?;
-        let logits = flat.matmul(&w.t()?)?.to_dtype(DType::F32)?;
+        let logits = fused::frozen_linear(&flat, w)?.to_dtype(DType::F32)?;
         let mut out = dims;
         *out.last_mut().expect("non-empty") = self.config.vocab_size;
         Ok(logits.reshape(out)?)

@@ -1,0 +1,720 @@
+//! Fused CPU kernels with a forward AND a backward, for the hot elementwise parts of the decoder.
+//!
+//! Candle's own fused ops (`rms_norm`, `softmax_last_dim`, `rope`) have no backward, and the
+//! composite versions allocate a fresh tensor per step of the chain. These candle `CustomOp`s do
+//! one pass each way over contiguous f32 rows: RMSNorm, RoPE (fused with the head transpose),
+//! scaled softmax with an additive mask, SwiGLU, masked cross-entropy, and a linear layer over a
+//! frozen weight whose backward skips the weight gradient candle would otherwise compute and drop.
+//!
+//! Every entry point checks [`fusable`] and the callers fall back to the composite path (plain
+//! candle ops, the reference the gradient-check tests compare against) for other devices and dtypes.
+
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
+};
+use rayon::prelude::*;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Below this many output elements a kernel runs on the calling thread (rayon's fork/join costs
+/// more than the work in a decode step).
+const PAR_MIN: usize = 1 << 15;
+
+/// Can the fused kernels run on `t`: f32 on the CPU, unless `RLLR_COMPOSITE=1` asks for the
+/// composite path everywhere (for A/B measurements and bisecting numerics).
+pub(crate) fn fusable(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && !composite_forced()
+}
+
+fn composite_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("RLLR_COMPOSITE").is_ok_and(|v| v == "1"))
+}
+
+fn msg(s: &str) -> candle_core::Error {
+    candle_core::Error::Msg(s.to_string())
+}
+
+/// The f32 elements of a contiguous CPU storage under `layout`.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [f32]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| msg("fused op needs contiguous inputs"))?;
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+/// Run `f` on the f32 elements of `t` (made contiguous first) on the CPU.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> CResult<R>) -> CResult<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(slice(s, layout)?),
+        _ => Err(msg("fused op on a non-CPU tensor")),
+    }
+}
+
+/// Fill `out` row by row (rows of `width`), in parallel when it is large.
+fn rows_mut(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(r, row)| f(r, row));
+    } else {
+        out.chunks_mut(width)
+            .enumerate()
+            .for_each(|(r, row)| f(r, row));
+    }
+}
+
+/// A fresh f32 tensor of `shape` filled row by row, on `like`'s device.
+fn build(
+    like: &Tensor,
+    shape: &Shape,
+    width: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> CResult<Tensor> {
+    let mut out = vec![0f32; shape.elem_count()];
+    rows_mut(&mut out, width, f);
+    Tensor::from_vec(out, shape, like.device())
+}
+
+fn storage(out: Vec<f32>, shape: Shape) -> (CpuStorage, Shape) {
+    (CpuStorage::F32(out), shape)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+// ---- RMSNorm --------------------------------------------------------------------------------
+
+/// `y = w · x / sqrt(mean(x²) + eps)` over the last dim; x (..., H), w (H).
+struct RmsNorm {
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn inv_rms(&self, x: &[f32]) -> f32 {
+        1.0 / (dot(x, x) / x.len() as f32 + self.eps).sqrt()
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rllr-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let h = w.len();
+        let mut out = vec![0f32; x.len()];
+        rows_mut(&mut out, h, |r, y| {
+            let xr = &x[r * h..(r + 1) * h];
+            let inv = self.inv_rms(xr);
+            y.iter_mut()
+                .zip(xr)
+                .zip(w)
+                .for_each(|((y, x), w)| *y = x * inv * w);
+        });
+        Ok(storage(out, l1.shape().clone()))
+    }
+
+    /// dx = r·(w·g − x·r²·mean(w·g·x)), dw = Σ_rows g·x·r, with r = 1/rms(x).
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let h = w.elem_count();
+        with_f32(x, |xs| {
+            with_f32(w, |ws| {
+                with_f32(g, |gs| {
+                    let dx = build(x, x.shape(), h, |r, dx| {
+                        let (xr, gr) = (&xs[r * h..(r + 1) * h], &gs[r * h..(r + 1) * h]);
+                        let inv = self.inv_rms(xr);
+                        let wgx: f32 = xr.iter().zip(gr).zip(ws).map(|((x, g), w)| w * g * x).sum();
+                        let c = inv * inv * wgx / h as f32;
+                        for (((d, x), g), w) in dx.iter_mut().zip(xr).zip(gr).zip(ws) {
+                            *d = inv * (w * g - x * c);
+                        }
+                    })?;
+                    let dw = if w.track_op() {
+                        let mut acc = vec![0f32; h];
+                        for (xr, gr) in xs.chunks(h).zip(gs.chunks(h)) {
+                            let inv = self.inv_rms(xr);
+                            acc.iter_mut()
+                                .zip(xr)
+                                .zip(gr)
+                                .for_each(|((a, x), g)| *a += g * x * inv);
+                        }
+                        Some(Tensor::from_vec(acc, h, w.device())?)
+                    } else {
+                        None
+                    };
+                    Ok((Some(dx), dw))
+                })
+            })
+        })
+    }
+}
+
+/// Fused RMSNorm of x (..., H) with weight (H); f32 CPU tensors only.
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })
+}
+
+// ---- RoPE -----------------------------------------------------------------------------------
+
+/// Rotate-half RoPE fused with the head transpose: x (B, L, H, D) → y (B, H, L, D), with
+/// y = x·cos + rotate_half(x)·sin and tables (B, L, D).
+struct Rope {
+    dims: [usize; 4],
+}
+
+impl Rope {
+    /// Index of row (b, h, l) of the (B, H, L, D) side and row (b, l, h) of the (B, L, H, D) side.
+    fn rows(&self, r: usize) -> (usize, usize) {
+        let [_, h, l, _] = self.dims;
+        let (b, rest) = (r / (h * l), r % (h * l));
+        let (hh, ll) = (rest / l, rest % l);
+        ((b * l + ll) * h + hh, b * l + ll)
+    }
+
+    /// One rotated row: out = a·cos + rot(a)·sin, or with `transpose` its adjoint
+    /// out = a·cos + rotᵀ(a·sin).
+    fn rotate(out: &mut [f32], a: &[f32], cos: &[f32], sin: &[f32], transpose: bool) {
+        let half = a.len() / 2;
+        for i in 0..half {
+            let (a1, a2) = (a[i], a[i + half]);
+            if transpose {
+                out[i] = a1 * cos[i] + a2 * sin[i + half];
+                out[i + half] = a2 * cos[i + half] - a1 * sin[i];
+            } else {
+                out[i] = a1 * cos[i] - a2 * sin[i];
+                out[i + half] = a2 * cos[i + half] + a1 * sin[i + half];
+            }
+        }
+    }
+
+    /// Map every row: `forward` reads (B, L, H, D) rows and writes (B, H, L, D) ones; the
+    /// backward reads (B, H, L, D) rows and writes (B, L, H, D) ones.
+    fn map(&self, src: &[f32], cos: &[f32], sin: &[f32], forward: bool) -> Vec<f32> {
+        let d = self.dims[3];
+        let mut out = vec![0f32; src.len()];
+        let [b, h, l, _] = self.dims;
+        let fill = |r: usize, row: &mut [f32]| {
+            // r enumerates output rows; bhl is the (B, H, L, D) row index on either side.
+            let bhl = if forward { r } else { self.bhl_of_blh(r) };
+            let (blh, bl) = self.rows(bhl);
+            let a = if forward { blh } else { bhl };
+            let t = &cos[bl * d..(bl + 1) * d];
+            let s = &sin[bl * d..(bl + 1) * d];
+            Self::rotate(row, &src[a * d..(a + 1) * d], t, s, !forward);
+        };
+        debug_assert_eq!(out.len(), b * h * l * d);
+        rows_mut(&mut out, d, fill);
+        out
+    }
+
+    /// (B, H, L) row index of the (B, L, H) row `r`.
+    fn bhl_of_blh(&self, r: usize) -> usize {
+        let [_, h, l, _] = self.dims;
+        let (b, rest) = (r / (l * h), r % (l * h));
+        let (ll, hh) = (rest / h, rest % h);
+        (b * h + hh) * l + ll
+    }
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "rllr-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let out = self.map(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, true);
+        Ok(storage(out, Shape::from(&self.dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if cos.track_op() || sin.track_op() {
+            return Err(msg(
+                "rllr-rope: gradients for the cos/sin tables are not supported",
+            ));
+        }
+        let dx = with_f32(g, |gs| {
+            with_f32(cos, |c| {
+                with_f32(sin, |s| {
+                    Tensor::from_vec(self.map(gs, c, s, false), x.shape(), x.device())
+                })
+            })
+        })?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// Fused RoPE + transpose: x (B, L, H, D), cos/sin (B, L, D) → (B, H, L, D).
+pub(crate) fn rope_transposed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+    let (b, l, h, d) = x.dims4()?;
+    let op = Rope { dims: [b, h, l, d] };
+    x.contiguous()?
+        .apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)
+}
+
+// ---- softmax with scale and additive mask ---------------------------------------------------
+
+/// `softmax(scale·s + bias)` over the last dim; scores (B, G, L, T), bias (B, L, T) shared by
+/// the G head groups.
+struct MaskedSoftmax {
+    scale: f32,
+    groups: usize,
+    len: usize,
+}
+
+impl MaskedSoftmax {
+    /// Row of the bias used by scores row `r` of (B, G, L).
+    fn bias_row(&self, r: usize) -> usize {
+        let b = r / (self.groups * self.len);
+        b * self.len + r % self.len
+    }
+}
+
+fn softmax_row(y: &mut [f32], s: &[f32], bias: &[f32], scale: f32) {
+    let mut max = f32::NEG_INFINITY;
+    for ((y, s), b) in y.iter_mut().zip(s).zip(bias) {
+        *y = s * scale + b;
+        max = max.max(*y);
+    }
+    let mut sum = 0f32;
+    for y in y.iter_mut() {
+        *y = (*y - max).exp();
+        sum += *y;
+    }
+    let inv = 1.0 / sum;
+    y.iter_mut().for_each(|y| *y *= inv);
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "rllr-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (s, bias) = (slice(s1, l1)?, slice(s2, l2)?);
+        let t = l1.dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; s.len()];
+        rows_mut(&mut out, t, |r, y| {
+            let br = self.bias_row(r);
+            softmax_row(
+                y,
+                &s[r * t..(r + 1) * t],
+                &bias[br * t..(br + 1) * t],
+                self.scale,
+            );
+        });
+        Ok(storage(out, l1.shape().clone()))
+    }
+
+    /// ds = scale · p·(g − Σ g·p); the bias is a constant mask (no gradient).
+    fn bwd(
+        &self,
+        s: &Tensor,
+        bias: &Tensor,
+        p: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        if bias.track_op() {
+            return Err(msg("rllr-masked-softmax: the mask takes no gradient"));
+        }
+        let t = s.dim(candle_core::D::Minus1)?;
+        let ds = with_f32(p, |ps| {
+            with_f32(g, |gs| {
+                build(s, s.shape(), t, |r, ds| {
+                    let (pr, gr) = (&ps[r * t..(r + 1) * t], &gs[r * t..(r + 1) * t]);
+                    let gp = dot(pr, gr);
+                    for ((d, p), g) in ds.iter_mut().zip(pr).zip(gr) {
+                        *d = self.scale * p * (g - gp);
+                    }
+                })
+            })
+        })?;
+        Ok((Some(ds), None))
+    }
+}
+
+/// Fused `softmax(scale·scores + bias)`; scores (B, G, L, T), bias (B, L, T).
+pub(crate) fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> CResult<Tensor> {
+    let (_, groups, len, _) = scores.dims4()?;
+    let op = MaskedSoftmax {
+        scale: scale as f32,
+        groups,
+        len,
+    };
+    scores.contiguous()?.apply_op2(&bias.contiguous()?, op)
+}
+
+// ---- SwiGLU ---------------------------------------------------------------------------------
+
+/// `silu(gate) · up`, elementwise.
+struct SwiGlu;
+
+fn sigmoid(a: f32) -> f32 {
+    1.0 / (1.0 + (-a).exp())
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "rllr-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (a, u) = (slice(s1, l1)?, slice(s2, l2)?);
+        let w = l1.dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; a.len()];
+        rows_mut(&mut out, w, |r, y| {
+            let (ar, ur) = (&a[r * w..(r + 1) * w], &u[r * w..(r + 1) * w]);
+            for ((y, a), u) in y.iter_mut().zip(ar).zip(ur) {
+                *y = a * sigmoid(*a) * u;
+            }
+        });
+        Ok(storage(out, l1.shape().clone()))
+    }
+
+    /// d gate = g·up·σ(a)·(1 + a·(1 − σ(a))), d up = g·silu(a).
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let w = gate.dim(candle_core::D::Minus1)?;
+        with_f32(gate, |a| {
+            with_f32(up, |u| {
+                with_f32(g, |gs| {
+                    let row = |r: usize| r * w..(r + 1) * w;
+                    let da = build(gate, gate.shape(), w, |r, d| {
+                        let (ar, ur, gr) = (&a[row(r)], &u[row(r)], &gs[row(r)]);
+                        for (((d, a), u), g) in d.iter_mut().zip(ar).zip(ur).zip(gr) {
+                            let s = sigmoid(*a);
+                            *d = g * u * s * (1.0 + a * (1.0 - s));
+                        }
+                    })?;
+                    let du = build(up, up.shape(), w, |r, d| {
+                        let (ar, gr) = (&a[row(r)], &gs[row(r)]);
+                        for ((d, a), g) in d.iter_mut().zip(ar).zip(gr) {
+                            *d = g * a * sigmoid(*a);
+                        }
+                    })?;
+                    Ok((Some(da), Some(du)))
+                })
+            })
+        })
+    }
+}
+
+/// Fused `silu(gate) · up` for tensors of the same shape.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+// ---- masked cross-entropy -------------------------------------------------------------------
+
+/// Mean over masked rows of `logsumexp(z) − z[target]`; logits (N, V), targets (N) u32, mask (N).
+struct MaskedCrossEntropy;
+
+fn log_sum_exp(z: &[f32]) -> f32 {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + z.iter().map(|v| (v - max).exp()).sum::<f32>().ln()
+}
+
+fn mask_count(mask: &[f32]) -> f32 {
+    mask.iter().sum::<f32>().max(1.0)
+}
+
+impl CustomOp3 for MaskedCrossEntropy {
+    fn name(&self) -> &'static str {
+        "rllr-masked-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (z, mask) = (slice(s1, l1)?, slice(s3, l3)?);
+        let (a, b) = l2
+            .contiguous_offsets()
+            .ok_or_else(|| msg("targets not contiguous"))?;
+        let targets = &s2.as_slice::<u32>()?[a..b];
+        let v = z.len() / mask.len().max(1);
+        let total: f32 = z
+            .par_chunks(v)
+            .zip(targets.par_iter().zip(mask.par_iter()))
+            .filter(|(_, (_, m))| **m != 0.0)
+            .map(|(zr, (t, m))| m * (log_sum_exp(zr) - zr[*t as usize]))
+            .sum();
+        Ok(storage(vec![total / mask_count(mask)], Shape::from(())))
+    }
+
+    /// d logits = g · mask/count · (softmax(z) − onehot(target)).
+    fn bwd(
+        &self,
+        z: &Tensor,
+        targets: &Tensor,
+        mask: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let v = z.dim(1)?;
+        let g = g.to_vec0::<f32>()?;
+        let targets = targets.to_vec1::<u32>()?;
+        let dz = with_f32(z, |zs| {
+            with_f32(mask, |ms| {
+                let coef = g / mask_count(ms);
+                build(z, z.shape(), v, |r, d| {
+                    let zr = &zs[r * v..(r + 1) * v];
+                    let m = ms[r] * coef;
+                    if m == 0.0 {
+                        return;
+                    }
+                    let lse = log_sum_exp(zr);
+                    d.iter_mut()
+                        .zip(zr)
+                        .for_each(|(d, z)| *d = m * (z - lse).exp());
+                    d[targets[r] as usize] -= m;
+                })
+            })
+        })?;
+        Ok((Some(dz), None, None))
+    }
+}
+
+/// Fused masked cross-entropy: logits (N, V) f32, targets (N) u32, mask (N) f32 → scalar.
+pub(crate) fn masked_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+) -> CResult<Tensor> {
+    let v = logits.dim(1)?;
+    if let Some(t) = targets
+        .to_vec1::<u32>()?
+        .into_iter()
+        .find(|t| *t as usize >= v)
+    {
+        return Err(msg(&format!(
+            "cross-entropy target {t} out of a vocabulary of {v}"
+        )));
+    }
+    logits.contiguous()?.apply_op3(
+        &targets.contiguous()?,
+        &mask.contiguous()?,
+        MaskedCrossEntropy,
+    )
+}
+
+// ---- linear over a frozen weight -------------------------------------------------------------
+
+/// Hands on the already computed `x·Wᵀ` and, backward, returns only `g·W`: candle's matmul
+/// backward would also compute (and then drop) the gradient of the frozen weight, as costly as
+/// the forward matmul itself.
+struct FrozenLinear {
+    weight: Tensor,
+    out: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "rllr-frozen-linear"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let y = self
+            .out
+            .lock()
+            .map_err(|_| msg("poisoned"))?
+            .take()
+            .ok_or_else(|| msg("rllr-frozen-linear runs once"))?;
+        let shape = y.shape().clone();
+        let (storage, layout) = y.storage_and_layout();
+        let copy = match &*storage {
+            Storage::Cpu(s) => match layout.contiguous_offsets() {
+                Some((0, n)) if n == shape.elem_count() => s.clone(),
+                _ => return Err(msg("rllr-frozen-linear: matmul output not contiguous")),
+            },
+            _ => return Err(msg("rllr-frozen-linear on a non-CPU tensor")),
+        };
+        Ok((copy, shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(g.matmul(&self.weight)?))
+    }
+}
+
+/// `x·Wᵀ` for x (N, in) and a frozen W (out, in). Under autograd on the CPU the weight gradient
+/// is never computed; otherwise this is the plain matmul.
+pub(crate) fn frozen_linear(x: &Tensor, weight: &Tensor) -> CResult<Tensor> {
+    if !x.track_op() || weight.track_op() || !fusable(x) {
+        return x.matmul(&weight.t()?);
+    }
+    let y = x.detach().matmul(&weight.t()?)?;
+    let op = FrozenLinear {
+        weight: weight.clone(),
+        out: Mutex::new(Some(y)),
+    };
+    x.apply_op1(op)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Gradient check: every fused kernel against its composite reference, forward and backward.
+
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::model::{masked_softmax_composite, rms_norm_composite, swiglu_composite};
+
+    type Op<'a> = &'a dyn Fn(&[Tensor]) -> crate::Result<Tensor>;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Output of `f` at `inputs` and the gradients of Σ y·r (r fixed random) w.r.t. each input.
+    fn value_and_grads(f: Op, inputs: &[Tensor]) -> (Tensor, Vec<Tensor>) {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&ts).unwrap();
+        let r = rand(y.dims(), 99);
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = vars.iter().map(|v| grads.get(v).unwrap().clone()).collect();
+        (y, g)
+    }
+
+    fn check(name: &str, fused: Op, composite: Op, inputs: &[Tensor]) {
+        let (yf, gf) = value_and_grads(fused, inputs);
+        let (yc, gc) = value_and_grads(composite, inputs);
+        assert_eq!(yf.dims(), yc.dims(), "{name}");
+        let fwd = max_diff(&yf, &yc);
+        assert!(fwd <= 1e-4, "{name} forward: max |Δ| {fwd}");
+        for (i, (a, b)) in gf.iter().zip(&gc).enumerate() {
+            let bwd = max_diff(a, b);
+            assert!(bwd <= 1e-4, "{name} grad of input {i}: max |Δ| {bwd}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_composite() {
+        let f = |t: &[Tensor]| Ok(rms_norm(&t[0], &t[1], 1e-5)?);
+        let c = |t: &[Tensor]| rms_norm_composite(&t[0], &t[1], 1e-5);
+        check("rms_norm", &f, &c, &[rand(&[3, 5, 16], 1), rand(&[16], 2)]);
+        // Large enough for the row-parallel branch.
+        check(
+            "rms_norm",
+            &f,
+            &c,
+            &[rand(&[3, 40, 300], 12), rand(&[300], 13)],
+        );
+    }
+
+    #[test]
+    fn rope_matches_composite() {
+        let (cos, sin) = (rand(&[2, 1, 5, 8], 3), rand(&[2, 1, 5, 8], 4));
+        let f = |t: &[Tensor]| crate::rope::apply_heads(&t[0], &cos, &sin);
+        let c = |t: &[Tensor]| {
+            let x = t[0].transpose(1, 2)?.contiguous()?;
+            crate::rope::apply(&x, &cos, &sin)
+        };
+        check("rope", &f, &c, &[rand(&[2, 5, 3, 8], 5)]);
+    }
+
+    #[test]
+    fn masked_softmax_matches_composite() {
+        let (b, g, l, t) = (2, 3, 4, 6);
+        let pos: Vec<Vec<u32>> = vec![(0..t as u32).collect(); b];
+        let valid = vec![vec![false, true, true, true, true, true]; b];
+        let q: Vec<Vec<u32>> = vec![(2..6).collect(); b];
+        let bias = crate::model::attention_bias(&q, &pos, &valid, None, &Device::Cpu).unwrap();
+        let f = |x: &[Tensor]| Ok(masked_softmax(&x[0], &bias.reshape((b, l, t))?, 0.3)?);
+        let c = |x: &[Tensor]| masked_softmax_composite(&x[0], &bias.reshape((b, 1, l, t))?, 0.3);
+        check("masked_softmax", &f, &c, &[rand(&[b, g, l, t], 6)]);
+    }
+
+    #[test]
+    fn swiglu_matches_composite() {
+        let f = |t: &[Tensor]| Ok(swiglu(&t[0], &t[1])?);
+        let c = |t: &[Tensor]| swiglu_composite(&t[0], &t[1]);
+        check("swiglu", &f, &c, &[rand(&[4, 10], 7), rand(&[4, 10], 8)]);
+    }
+
+    #[test]
+    fn masked_cross_entropy_matches_composite() {
+        let targets = Tensor::new(&[3u32, 0, 10, 5, 7, 1], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[1f32, 1.0, 0.0, 1.0, 1.0, 0.0], &Device::Cpu).unwrap();
+        let f = |t: &[Tensor]| Ok(masked_cross_entropy(&t[0], &targets, &mask)?);
+        let c = |t: &[Tensor]| crate::loss::composite(&t[0], &targets.unsqueeze(1)?, &mask);
+        check("cross_entropy", &f, &c, &[rand(&[6, 11], 9)]);
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_and_leaves_the_weight_alone() {
+        let w = rand(&[3, 7], 10);
+        let f = |t: &[Tensor]| Ok(frozen_linear(&t[0], &w)?);
+        let c = |t: &[Tensor]| Ok(t[0].matmul(&w.t()?)?);
+        check("frozen_linear", &f, &c, &[rand(&[5, 7], 11)]);
+    }
+}
