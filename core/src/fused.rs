@@ -22,15 +22,24 @@ type CResult<T> = candle_core::Result<T>;
 /// more than the work in a decode step).
 const PAR_MIN: usize = 1 << 15;
 
-/// Can the fused kernels run on `t`: f32 on the CPU, unless `RLLR_COMPOSITE=1` asks for the
-/// composite path everywhere (for A/B measurements and bisecting numerics).
+/// Can the fused kernels run on `t`: f32 on the CPU, and only when `RLLR_FUSED=1` opts in.
+///
+/// Opt-in for now: with the fused kernels on, the server's integration test
+/// `every_rpc_end_to_end` intermittently saw a streamed greedy generation differ from the same
+/// request's unary one on a tiny random model (near-tied logits), so bit-stability across batch
+/// shapes is not yet established. Each kernel matches the composite path within 1e-4 forward and
+/// backward (tests below), so opting in is safe for training and throughput runs.
 pub(crate) fn fusable(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && !composite_forced()
+    cpu_f32(t) && fused_enabled()
 }
 
-fn composite_forced() -> bool {
-    static FORCED: OnceLock<bool> = OnceLock::new();
-    *FORCED.get_or_init(|| std::env::var("RLLR_COMPOSITE").is_ok_and(|v| v == "1"))
+fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+fn fused_enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("RLLR_FUSED").is_ok_and(|v| v == "1"))
 }
 
 fn msg(s: &str) -> candle_core::Error {
@@ -596,7 +605,8 @@ impl CustomOp1 for FrozenLinear {
 /// `x·Wᵀ` for x (N, in) and a frozen W (out, in). Under autograd on the CPU the weight gradient
 /// is never computed; otherwise this is the plain matmul.
 pub(crate) fn frozen_linear(x: &Tensor, weight: &Tensor) -> CResult<Tensor> {
-    if !x.track_op() || weight.track_op() || !fusable(x) {
+    // The forward is the same matmul either way, so this one needs no opt-in.
+    if !x.track_op() || weight.track_op() || !cpu_f32(x) {
         return x.matmul(&weight.t()?);
     }
     let y = x.detach().matmul(&weight.t()?)?;
