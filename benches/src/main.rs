@@ -16,7 +16,7 @@
 //! The PyTorch side is `benches/torch_peer.py`; it is run as a subprocess unless `--no-peer`.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -206,6 +206,7 @@ fn peak_rss_child(args: &Args) -> Result<Value> {
         .args(["--threads", &args.threads.to_string()])
         .args(["--repeats", "1", "--only", TRAIN, "--no-peer", "--json"])
         .arg(&out)
+        .stdout(Stdio::null())
         .status()?;
     if !status.success() {
         bail!("peak-memory child failed ({status})");
