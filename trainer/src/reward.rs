@@ -327,19 +327,7 @@ pub fn run(args: &RewardArgs) -> anyhow::Result<()> {
         &out.join("model"),
         Some(&manifest),
     )?;
-    rllr_core::fsutil::write_file_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    println!(
-        "reward: {} steps in {:.1}s, final loss {:.4}; RM at {}; evals {}",
-        report.steps,
-        report.wall_s,
-        report.final_loss.unwrap_or(f64::NAN),
-        out.join("model").display(),
-        serde_json::to_string(&report.evals.last())?
-    );
-    Ok(())
+    crate::stage::finish("reward", "RM", &out, &report)
 }
 
 #[cfg(test)]

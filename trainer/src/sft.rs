@@ -354,19 +354,7 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
         Some(&model_dir),
         Some(&manifest),
     )?;
-    rllr_core::fsutil::write_file_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    println!(
-        "sft: {} steps in {:.1}s, final loss {:.4}; M_sft at {}; evals {}",
-        report.steps,
-        report.wall_s,
-        report.final_loss.unwrap_or(f64::NAN),
-        out.join("model").display(),
-        serde_json::to_string(&report.evals.last())?
-    );
-    Ok(())
+    crate::stage::finish("sft", "M_sft", &out, &report)
 }
 
 #[cfg(test)]

@@ -178,6 +178,28 @@ pub fn check_pairs(pairs: &[Pair], task: &TaskSpec, path: &Path) -> anyhow::Resu
     Ok(())
 }
 
+/// Write a stage's `report.json` (atomically) into `out` and print its one-line summary.
+pub fn finish(
+    stage: &str,
+    artefact: &str,
+    out: &Path,
+    report: &crate::train::train_loop::LoopReport,
+) -> anyhow::Result<()> {
+    rllr_core::fsutil::write_file_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(report)?.as_bytes(),
+    )?;
+    println!(
+        "{stage}: {} steps in {:.1}s, final loss {:.4}; {artefact} at {}; evals {}",
+        report.steps,
+        report.wall_s,
+        report.final_loss.unwrap_or(f64::NAN),
+        out.join("model").display(),
+        serde_json::to_string(&report.evals.last())?
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
