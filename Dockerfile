@@ -5,7 +5,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends pkg-config g++ 
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p rllr-trainer -p rllr-server -p rllr-client \
- && mkdir -p /out && cp target/release/rllr-train target/release/rllr-server target/release/rllr /out/
+ && mkdir -p /out && cp target/release/rllr-train target/release/rllr-server target/release/rllr /out/ \
+ && strip --strip-debug /out/*
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
