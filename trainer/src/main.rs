@@ -1,5 +1,5 @@
 //! `rllr-train`: the offline half of rllr, one subcommand per job (convert, data, rationalize,
-//! pairs, sft, reward, eval; ppo later). Each flag can also come from an `RLLR_*` environment variable, so runs are scriptable
+//! pairs, sft, reward, eval, ppo). Each flag can also come from an `RLLR_*` environment variable, so runs are scriptable
 //! and reproducible from a shell file or a job spec.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ mod data;
 mod eval;
 mod generate;
 mod pairs;
+mod ppo;
 mod rationalize;
 mod reward;
 mod sft;
@@ -61,6 +62,9 @@ enum Command {
     Reward(Box<reward::RewardArgs>),
     /// Evaluate a policy on a task split or a reward model on a pair file.
     Eval(eval::EvalArgs),
+    /// PPO of a LoRA policy on M_sft against the label-sensitive (RLLR), rationale-sensitive (RLHF)
+    /// or mixed reward, with a value model initialised from a reward model.
+    Ppo(Box<ppo::PpoArgs>),
 }
 
 /// Element type of the written weights.
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Command::Sft(args) => sft::run(&args),
         Command::Reward(args) => reward::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Ppo(args) => ppo::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
