@@ -1,5 +1,5 @@
 //! `rllr-train`: the offline half of rllr, one subcommand per job (convert, data, rationalize,
-//! pairs, sft, reward, eval, ppo). Each flag can also come from an `RLLR_*` environment variable, so runs are scriptable
+//! pairs, sft, reward, eval, ppo, pipeline). Each flag can also come from an `RLLR_*` environment variable, so runs are scriptable
 //! and reproducible from a shell file or a job spec.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ mod data;
 mod eval;
 mod generate;
 mod pairs;
+mod pipeline;
 mod ppo;
 mod rationalize;
 mod reward;
@@ -65,6 +66,10 @@ enum Command {
     /// PPO of a LoRA policy on M_sft against the label-sensitive (RLLR), rationale-sensitive (RLHF)
     /// or mixed reward, with a value model initialised from a reward model.
     Ppo(Box<ppo::PpoArgs>),
+    /// The whole method for one or more tasks: rationales, pairs, both SFTs, both reward models,
+    /// PPO in the three reward modes and the test evaluation; skips stages whose outputs are
+    /// current and writes report.md / report.json.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 /// Element type of the written weights.
@@ -123,6 +128,7 @@ fn main() -> ExitCode {
         Command::Reward(args) => reward::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Ppo(args) => ppo::run(&args),
+        Command::Pipeline(args) => pipeline::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

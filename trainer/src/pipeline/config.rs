@@ -1,0 +1,350 @@
+//! The pipeline's config file: a `[pipeline]` table (run directory, base model, device, seed), a
+//! task list, and one table per stage that *is* that stage's own config file (`[sft]` holds an
+//! `SftFile`: `[sft.sft]`, `[sft.train]`, `[sft.lora]`), so no stage setting is declared twice.
+//! Each `[[tasks]]` entry may carry `overrides`, merged over the root tables for that task only.
+//! Every table rejects unknown keys, after the per-task merge too.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::ppo::config::PpoFile;
+use crate::reward::RewardFile;
+use crate::sft::SftFile;
+
+/// `[pipeline]`: what every stage shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Where everything goes: `<run_dir>/<task>/<stage>/`, `configs/`, `report.{md,json}`.
+    pub run_dir: PathBuf,
+    /// Base chat model (HF layout), e.g. models/smollm2-135m-instruct.
+    pub model: PathBuf,
+    /// Chat template of every stage (auto: from the checkpoint).
+    #[serde(default = "auto")]
+    pub template: String,
+    /// cpu, cuda or cuda:N, for every stage.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// Compute dtype of every stage.
+    #[serde(default = "f32")]
+    pub dtype: String,
+    /// Seed of every stage (init, data order, dropout, pair sampling).
+    #[serde(default = "seed")]
+    pub seed: u64,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+fn cpu() -> String {
+    "cpu".into()
+}
+fn f32() -> String {
+    "f32".into()
+}
+fn seed() -> u64 {
+    42
+}
+
+/// One `[[tasks]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEntry {
+    /// Task name: spec `<tasks_dir>/<name>.json`, splits `<data_dir>/{train,dev,test}.jsonl`.
+    pub name: String,
+    #[serde(default = "tasks_dir")]
+    pub tasks_dir: PathBuf,
+    /// Default `data/<name>`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Tables merged over the root ones for this task (e.g. `[tasks.overrides.rationales]`).
+    #[serde(default)]
+    pub overrides: toml::Table,
+}
+
+fn tasks_dir() -> PathBuf {
+    "data/tasks".into()
+}
+
+impl TaskEntry {
+    /// The task spec file.
+    pub fn spec(&self) -> PathBuf {
+        self.tasks_dir.join(format!("{}.json", self.name))
+    }
+
+    /// A raw split file (`train`, `dev` or `test`).
+    pub fn split(&self, split: &str) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| Path::new("data").join(&self.name))
+            .join(format!("{split}.jsonl"))
+    }
+}
+
+/// `[data]`: how much of each split the run uses (0: all). Slices are prefixes of the bundled
+/// files, so they are the same on every machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    pub train_limit: usize,
+    pub dev_limit: usize,
+    pub test_limit: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            train_limit: 0,
+            dev_limit: 200,
+            test_limit: 0,
+        }
+    }
+}
+
+/// Who writes rationales (the `rationalize` stage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherChoice {
+    /// Rationales the data holds (ComVE: right and confusing reasons); writes nothing new.
+    Dataset,
+    /// An OpenAI-compatible endpoint (OPENAI_API_KEY from the environment).
+    Openai,
+    /// A local rllr checkpoint.
+    Local,
+}
+
+/// `[rationales]`: the teacher run over the three slices before anything is trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RationalesSection {
+    pub teacher: TeacherChoice,
+    /// `all` or a count of wrong labels per example (D3).
+    pub wrong_labels: String,
+    pub openai_model: String,
+    pub openai_base_url: String,
+    pub openai_concurrency: usize,
+    /// Checkpoint of the `local` teacher.
+    pub local_model: Option<PathBuf>,
+    pub max_new_tokens: usize,
+    /// Requests per synced append.
+    pub chunk: usize,
+}
+
+impl Default for RationalesSection {
+    fn default() -> Self {
+        Self {
+            teacher: TeacherChoice::Dataset,
+            wrong_labels: "all".into(),
+            openai_model: "gpt-4o-mini".into(),
+            openai_base_url: "https://api.openai.com/v1".into(),
+            openai_concurrency: 4,
+            local_model: None,
+            max_new_tokens: 64,
+            chunk: 16,
+        }
+    }
+}
+
+/// `[pairs]`: how label, rationale and held-out test pairs are built (`rllr-train pairs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PairsSection {
+    /// Wrong labels per example of the label pairs: `all` or a count.
+    pub wrong_labels: String,
+    /// Source-rank judge of the rationale pairs, best first.
+    pub prefer: Vec<String>,
+    /// Offer wrong-label rationales as the worse rationale (ComVE's confusing reasons).
+    pub wrong_label_rationales: bool,
+}
+
+impl Default for PairsSection {
+    fn default() -> Self {
+        Self {
+            wrong_labels: "all".into(),
+            prefer: vec!["human".into(), "openai:".into(), "local:".into()],
+            wrong_label_rationales: false,
+        }
+    }
+}
+
+/// `[eval]`: the test-split evaluation of the five policies and the two reward models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Test examples per policy (0: the whole test slice).
+    pub limit: usize,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+    /// Held-out test pairs per reward model (0: all).
+    pub pairs_limit: usize,
+    pub cutoff_len: usize,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            limit: 0,
+            max_new_tokens: 512,
+            batch_size: 8,
+            pairs_limit: 0,
+            cutoff_len: 1536,
+        }
+    }
+}
+
+/// The whole file. Stage tables default to the stages' own defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    pub pipeline: PipelineSection,
+    pub tasks: Vec<TaskEntry>,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub rationales: RationalesSection,
+    #[serde(default)]
+    pub pairs: PairsSection,
+    /// SFT without rationales (the "SFT" baseline); `rationales` is forced to false.
+    #[serde(default)]
+    pub sft_norat: SftFile,
+    /// SFT with rationales, merged into M_sft; `rationales` is forced to true.
+    #[serde(default)]
+    pub sft: SftFile,
+    /// RM_rllr on label-sensitive pairs.
+    #[serde(default)]
+    pub reward_label: RewardFile,
+    /// RM_rlhf on rationale-sensitive pairs.
+    #[serde(default)]
+    pub reward_rationale: RewardFile,
+    /// The three PPO runs; `reward_mode` is set per run.
+    #[serde(default)]
+    pub ppo: PpoFile,
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+/// The file as read, with each task's settings resolved.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: PipelineFile,
+    /// One resolved file per task (root tables + that task's overrides), in task order.
+    pub per_task: Vec<(TaskEntry, PipelineFile)>,
+}
+
+/// Parse a pipeline config from TOML text; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> anyhow::Result<Loaded> {
+    let root: toml::Table = toml::from_str(text).with_context(|| format!("config {origin}"))?;
+    let file: PipelineFile = root
+        .clone()
+        .try_into()
+        .with_context(|| format!("config {origin}"))?;
+    if file.tasks.is_empty() {
+        bail!("config {origin}: no [[tasks]]");
+    }
+    let mut per_task = Vec::new();
+    for t in &file.tasks {
+        if per_task
+            .iter()
+            .any(|(e, _): &(TaskEntry, _)| e.name == t.name)
+        {
+            bail!("config {origin}: task '{}' is listed twice", t.name);
+        }
+        let resolved = resolve_task(&root, t)
+            .with_context(|| format!("config {origin}: overrides of task '{}'", t.name))?;
+        per_task.push((t.clone(), resolved));
+    }
+    Ok(Loaded { file, per_task })
+}
+
+/// Read and parse a pipeline config file.
+pub fn load(path: &Path) -> anyhow::Result<Loaded> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Root tables with the task's overrides merged in (tables merge key by key, values replace).
+fn resolve_task(root: &toml::Table, t: &TaskEntry) -> anyhow::Result<PipelineFile> {
+    for k in ["pipeline", "tasks"] {
+        if t.overrides.contains_key(k) {
+            bail!("`{k}` cannot be overridden per task");
+        }
+    }
+    let mut merged = root.clone();
+    merge(&mut merged, &t.overrides);
+    Ok(merged.try_into()?)
+}
+
+fn merge(into: &mut toml::Table, from: &toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            _ => {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "[pipeline]\nrun_dir = \"runs/x\"\nmodel = \"models/m\"\n\n[[tasks]]\nname = \"comve\"\n";
+
+    #[test]
+    fn unknown_keys_are_rejected_everywhere() {
+        assert!(parse(MINIMAL, "t").is_ok());
+        let bad = [
+            format!("{MINIMAL}[eval]\nlimt = 3\n"),
+            format!("{MINIMAL}[sft.train]\nlearnig_rate = 1e-3\n"),
+            format!("{MINIMAL}[ppo.ppo]\nno_such = 1\n"),
+            format!("{MINIMAL}[nonsense]\n"),
+            format!("{MINIMAL}[tasks.overrides.sft.sft]\nlimt = 3\n"),
+            format!("{MINIMAL}[tasks.overrides.pipeline]\nseed = 3\n"),
+        ];
+        for text in bad {
+            assert!(parse(&text, "t").is_err(), "accepted:\n{text}");
+        }
+        let e = parse(
+            "[pipeline]\nrun_dir = \"r\"\nmodel = \"m\"\ntasks = []\n",
+            "t",
+        );
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn task_overrides_merge_over_the_root_tables() {
+        let text = format!(
+            "{MINIMAL}[tasks.overrides.sft.train]\nmax_steps = 7\n\n[[tasks]]\nname = \"esnli\"\n\n[sft.train]\nlearning_rate = 1e-3\nmax_steps = 3\n"
+        );
+        let l = parse(&text, "t").unwrap();
+        let (comve, esnli) = (&l.per_task[0].1, &l.per_task[1].1);
+        assert_eq!(comve.sft.train.max_steps, 7);
+        assert_eq!(comve.sft.train.learning_rate, 1e-3);
+        assert_eq!(esnli.sft.train.max_steps, 3);
+        assert_eq!(
+            l.per_task[1].0.split("test"),
+            PathBuf::from("data/esnli/test.jsonl")
+        );
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let q = parse(
+            include_str!("../../../configs/quickstart.toml"),
+            "quickstart",
+        )
+        .unwrap();
+        assert_eq!(q.per_task.len(), 1);
+        assert_eq!(q.per_task[0].0.name, "comve");
+        let p = parse(include_str!("../../../configs/paper.toml"), "paper").unwrap();
+        assert!(p.per_task.len() >= 3, "{} tasks", p.per_task.len());
+        for (t, _) in &p.per_task {
+            assert!(Path::new("..").join(t.spec()).is_file(), "{}", t.name);
+        }
+    }
+}
