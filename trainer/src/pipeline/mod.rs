@@ -199,3 +199,128 @@ fn execute(s: &Stage, run_dir: &Path, runners: &Runners) -> anyhow::Result<f64> 
     stamp::finish(&s.out, &s.name, key, wall)?;
     Ok(wall)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A quickstart-like config over the bundled ComVE files (tests run in `trainer/`).
+    fn write_config(dir: &Path, extra: &str) -> PathBuf {
+        let model = dir.join("model");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("config.json"), "{}").unwrap();
+        let text = format!(
+            "[pipeline]\nrun_dir = {:?}\nmodel = {:?}\n\n[[tasks]]\nname = \"comve\"\ntasks_dir = \"../data/tasks\"\ndata_dir = \"../data/comve\"\n\n[data]\ntrain_limit = 12\ndev_limit = 4\ntest_limit = 6\n\n[pairs]\nprefer = [\"human\"]\nwrong_label_rationales = true\n{extra}",
+            dir.join("run"),
+            model
+        );
+        let path = dir.join("p.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn args(config: &Path) -> PipelineArgs {
+        PipelineArgs {
+            config: config.to_path_buf(),
+            only: vec!["rationales".into(), "pairs".into()],
+            task: Vec::new(),
+            force: false,
+            dry_run: false,
+        }
+    }
+
+    fn finished_at(dir: &Path, stage: &str) -> f64 {
+        let s: stamp::Stamp = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("run/comve").join(stage).join(stamp::STAMP)).unwrap(),
+        )
+        .unwrap();
+        s.finished_at
+    }
+
+    #[test]
+    fn unchanged_stages_are_skipped_and_changes_rerun_what_depends_on_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), "");
+        run_with(&args(&cfg), &Runners::default()).unwrap();
+        let pairs = dir.path().join("run/comve/pairs");
+        let label = std::fs::read_to_string(pairs.join("label.jsonl")).unwrap();
+        assert_eq!(
+            label.lines().count(),
+            12,
+            "one wrong label per ComVE example"
+        );
+        assert!(dir.path().join("run/configs/comve/pairs.toml").is_file());
+        let (r0, p0) = (
+            finished_at(dir.path(), "rationales"),
+            finished_at(dir.path(), "pairs"),
+        );
+        run_with(&args(&cfg), &Runners::default()).unwrap();
+        assert_eq!(
+            finished_at(dir.path(), "rationales"),
+            r0,
+            "unchanged: skipped"
+        );
+        assert_eq!(finished_at(dir.path(), "pairs"), p0, "unchanged: skipped");
+        let report = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+        assert!(
+            report.contains("| comve | pairs | skipped (current"),
+            "{report}"
+        );
+        // a downstream config change reruns only the downstream stage
+        let cfg = write_config(dir.path(), "seed_note = 0\n");
+        assert!(
+            run_with(&args(&cfg), &Runners::default()).is_err(),
+            "unknown key"
+        );
+        let cfg = write_config(
+            dir.path(),
+            "\n[tasks.overrides.pairs]\nwrong_label_rationales = false\n",
+        );
+        run_with(&args(&cfg), &Runners::default()).unwrap();
+        assert_eq!(finished_at(dir.path(), "rationales"), r0);
+        let p1 = finished_at(dir.path(), "pairs");
+        assert!(p1 > p0, "pairs reran");
+        // an upstream change reruns the upstream stage and everything below it
+        let cfg = write_config(
+            dir.path(),
+            "\n[tasks.overrides.pairs]\nwrong_label_rationales = false\n[tasks.overrides.data]\ntest_limit = 5\n",
+        );
+        run_with(&args(&cfg), &Runners::default()).unwrap();
+        assert!(finished_at(dir.path(), "rationales") > r0);
+        assert!(finished_at(dir.path(), "pairs") > p1);
+        let test = std::fs::read_to_string(pairs.join("test.jsonl")).unwrap();
+        assert_eq!(test.lines().count(), 5);
+    }
+
+    #[test]
+    fn dry_run_propagates_reruns_and_a_missing_model_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), "");
+        let mut a = args(&cfg);
+        a.dry_run = true;
+        a.only.clear();
+        run_with(&a, &Runners::default()).unwrap();
+        assert!(
+            !dir.path().join("run/comve").exists(),
+            "dry run writes nothing"
+        );
+        std::fs::remove_file(dir.path().join("model/config.json")).unwrap();
+        let e = run_with(&args(&cfg), &Runners::default()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("scripts/fetch-smollm2.sh"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn only_selects_names_and_groups() {
+        let only = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
+        assert!(selected(&[], "sft"));
+        assert!(selected(&only("sft"), "sft"));
+        assert!(!selected(&only("sft"), "sft-norat"));
+        assert!(selected(&only("ppo"), "ppo-rllr-mixed"));
+        assert!(selected(&only("eval"), "eval-rm-label"));
+        assert!(selected(&only("rm"), "rm-label"));
+        assert!(!selected(&only("ppo"), "pairs"));
+    }
+}
