@@ -38,31 +38,23 @@ impl Default for Runners {
 /// Run `s` with its config file at `config`; `resume` continues an interrupted run.
 pub fn run_stage(s: &Stage, config: &Path, resume: bool, runners: &Runners) -> anyhow::Result<()> {
     let config = Some(config.to_path_buf());
+    // The training stages read everything from the config file; no flag overrides it.
+    macro_rules! from_file {
+        ($args:ident) => {
+            $args {
+                config,
+                resume,
+                stop_after: None,
+                stage: Default::default(),
+                train: Default::default(),
+                lora: Default::default(),
+            }
+        };
+    }
     match &s.job {
-        Job::Sft => crate::sft::run(&SftArgs {
-            config,
-            resume,
-            stop_after: None,
-            stage: Default::default(),
-            train: Default::default(),
-            lora: Default::default(),
-        }),
-        Job::Reward => crate::reward::run(&RewardArgs {
-            config,
-            resume,
-            stop_after: None,
-            stage: Default::default(),
-            train: Default::default(),
-            lora: Default::default(),
-        }),
-        Job::Ppo => (runners.ppo)(&PpoArgs {
-            config,
-            resume,
-            stop_after: None,
-            stage: Default::default(),
-            train: Default::default(),
-            lora: Default::default(),
-        }),
+        Job::Sft => crate::sft::run(&from_file!(SftArgs)),
+        Job::Reward => crate::reward::run(&from_file!(RewardArgs)),
+        Job::Ppo => (runners.ppo)(&from_file!(PpoArgs)),
         Job::Rationales(j) => rationales(j, &s.out),
         Job::Pairs(j) => pairs(j, &s.out),
         Job::EvalPolicy(j) => eval_policy(j, &s.out),

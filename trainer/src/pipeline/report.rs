@@ -64,31 +64,19 @@ fn read_json(path: &Path) -> Option<Value> {
 /// A task's row from `<task_dir>/eval-*/report.json` and `<task_dir>/ppo-rllr-mixed/report.json`.
 pub fn task_row(task: &str, task_dir: &Path) -> TaskRow {
     let eval = |key: &str| read_json(&task_dir.join(format!("eval-{key}")).join("report.json"));
-    let policies = POLICIES
-        .iter()
-        .map(|(key, _)| {
-            let score = eval(key).and_then(|v| {
-                Some(PolicyScore {
-                    accuracy: v["accuracy"].as_f64()?,
-                    unparseable_rate: v["unparseable_rate"].as_f64()?,
-                    n: v["n"].as_u64()? as usize,
-                })
-            });
-            (key.to_string(), score)
+    let policies = scores(&POLICIES, &eval, |v| {
+        Some(PolicyScore {
+            accuracy: v["accuracy"].as_f64()?,
+            unparseable_rate: v["unparseable_rate"].as_f64()?,
+            n: v["n"].as_u64()? as usize,
         })
-        .collect();
-    let reward_models = REWARD_MODELS
-        .iter()
-        .map(|(key, _)| {
-            let score = eval(key).and_then(|v| {
-                Some(PairScore {
-                    accuracy: v["accuracy"].as_f64()?,
-                    n: v["n"].as_u64()? as usize,
-                })
-            });
-            (key.to_string(), score)
+    });
+    let reward_models = scores(&REWARD_MODELS, &eval, |v| {
+        Some(PairScore {
+            accuracy: v["accuracy"].as_f64()?,
+            n: v["n"].as_u64()? as usize,
         })
-        .collect();
+    });
     let lambda = read_json(&task_dir.join("ppo-rllr-mixed").join("report.json"))
         .and_then(|v| v["lambda"].as_f64());
     TaskRow {
@@ -97,6 +85,17 @@ pub fn task_row(task: &str, task_dir: &Path) -> TaskRow {
         reward_models,
         lambda,
     }
+}
+
+/// One score per key, parsed from that key's evaluation report (`None` when absent).
+fn scores<T>(
+    keys: &[(&str, &str)],
+    eval: &dyn Fn(&str) -> Option<Value>,
+    parse: fn(&Value) -> Option<T>,
+) -> Vec<(String, Option<T>)> {
+    keys.iter()
+        .map(|(key, _)| (key.to_string(), eval(key).as_ref().and_then(parse)))
+        .collect()
 }
 
 fn mean(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
