@@ -63,7 +63,9 @@ impl FromStr for Lambda {
         }
         match s.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(Lambda::Fixed(v)),
-            _ => Err(format!("lambda must be a finite number or \"auto\", got {s:?}")),
+            _ => Err(format!(
+                "lambda must be a finite number or \"auto\", got {s:?}"
+            )),
         }
     }
 }
@@ -229,8 +231,14 @@ mod tests {
         let f = PpoFile::default();
         assert_eq!(f.train.learning_rate, 5e-6);
         assert_eq!(f.train.weight_decay, 0.01);
-        assert_eq!((f.ppo.top_k, f.ppo.top_p, f.ppo.temperature), (50, 1.0, 1.0));
-        assert_eq!((f.ppo.gamma, f.ppo.gae_lambda, f.ppo.vf_coef), (1.0, 0.95, 0.1));
+        assert_eq!(
+            (f.ppo.top_k, f.ppo.top_p, f.ppo.temperature),
+            (50, 1.0, 1.0)
+        );
+        assert_eq!(
+            (f.ppo.gamma, f.ppo.gae_lambda, f.ppo.vf_coef),
+            (1.0, 0.95, 0.1)
+        );
         assert_eq!(f.ppo.reward_mode, RewardMode::RllrMixed);
     }
 }

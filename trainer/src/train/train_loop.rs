@@ -114,14 +114,24 @@ pub fn mix_seed(parts: &[u64]) -> u64 {
 }
 
 /// The data order: item `k` of the stream is `perm(k / n)[k % n]`, one seeded shuffle per epoch.
-struct DataOrder {
+pub(crate) struct DataOrder {
     n: usize,
     seed: u64,
     perms: HashMap<usize, Vec<usize>>,
 }
 
 impl DataOrder {
-    fn item(&mut self, k: usize) -> usize {
+    /// The order of `n` items seeded by `seed`.
+    pub(crate) fn new(n: usize, seed: u64) -> Self {
+        Self {
+            n,
+            seed,
+            perms: HashMap::new(),
+        }
+    }
+
+    /// The item at position `k` of the endless stream (epoch `k / n`).
+    pub(crate) fn item(&mut self, k: usize) -> usize {
         let (epoch, i) = (k / self.n, k % self.n);
         let (n, seed) = (self.n, self.seed);
         self.perms.entry(epoch).or_insert_with(|| {
@@ -190,11 +200,7 @@ pub fn run<O: Objective>(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut order = DataOrder {
-        n: data.len(),
-        seed: cfg.seed,
-        perms: HashMap::new(),
-    };
+    let mut order = DataOrder::new(data.len(), cfg.seed);
     let bar = progress_bar(opts.label, total, start);
     let t0 = Instant::now();
     let mut report = LoopReport {
@@ -294,6 +300,7 @@ pub fn run<O: Objective>(
                 &opt,
                 &fingerprint,
                 cfg.keep_checkpoints,
+                &Value::Null,
             )?;
         }
         if opts.stop_after == Some(step + 1) && !done {
@@ -337,7 +344,7 @@ fn cfg_fingerprint(cfg: &TrainConfig) -> Value {
     v
 }
 
-fn progress_bar(label: &str, total: usize, start: usize) -> ProgressBar {
+pub(crate) fn progress_bar(label: &str, total: usize, start: usize) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     let style = ProgressStyle::with_template(
         "{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
@@ -377,19 +384,21 @@ pub fn latest_checkpoint(ckpt_dir: &Path) -> anyhow::Result<Option<(usize, PathB
     Ok(best)
 }
 
-fn save_checkpoint(
+pub(crate) fn save_checkpoint(
     ckpt_dir: &Path,
     step: usize,
     opt: &AdamW,
     fingerprint: &Value,
     keep: usize,
+    extra: &Value,
 ) -> anyhow::Result<()> {
     let weights: Vec<(String, Tensor)> = opt
         .vars()
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
         .collect();
-    let state = json!({"step": step, "optimizer_t": opt.t, "fingerprint": fingerprint});
+    let state =
+        json!({"step": step, "optimizer_t": opt.t, "fingerprint": fingerprint, "extra": extra});
     rllr_core::fsutil::write_dir_atomic(&step_dir(ckpt_dir, step), |dir| {
         rllr_core::checkpoint::save_safetensors(&dir.join("trainable.safetensors"), &weights)?;
         rllr_core::checkpoint::save_safetensors(
@@ -416,7 +425,12 @@ fn save_checkpoint(
     Ok(())
 }
 
-fn load_checkpoint(dir: &Path, opt: &mut AdamW, fingerprint: &Value) -> anyhow::Result<()> {
+/// Restore the weights and AdamW state of `dir`; returns the `extra` state saved with them.
+pub(crate) fn load_checkpoint(
+    dir: &Path,
+    opt: &mut AdamW,
+    fingerprint: &Value,
+) -> anyhow::Result<Value> {
     let state: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
         .with_context(|| format!("{}/state.json", dir.display()))?;
     if &state["fingerprint"] != fingerprint {
@@ -440,11 +454,11 @@ fn load_checkpoint(dir: &Path, opt: &mut AdamW, fingerprint: &Value) -> anyhow::
         .as_u64()
         .context("state.json lacks optimizer_t")?;
     opt.load_state(moments, t)?;
-    Ok(())
+    Ok(state["extra"].clone())
 }
 
 /// Keep only the log records of steps `<= step` (a resumed run rewrites what follows).
-fn truncate_log(path: &Path, step: usize) -> anyhow::Result<()> {
+pub(crate) fn truncate_log(path: &Path, step: usize) -> anyhow::Result<()> {
     if !path.exists() {
         return Ok(());
     }
@@ -578,11 +592,7 @@ mod tests {
 
     #[test]
     fn data_order_is_a_per_epoch_permutation() {
-        let mut o = DataOrder {
-            n: 5,
-            seed: 3,
-            perms: HashMap::new(),
-        };
+        let mut o = DataOrder::new(5, 3);
         let e0: Vec<usize> = (0..5).map(|k| o.item(k)).collect();
         let e1: Vec<usize> = (5..10).map(|k| o.item(k)).collect();
         let mut s = e0.clone();
