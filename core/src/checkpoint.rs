@@ -5,7 +5,7 @@
 //! save never leaves a half-written checkpoint behind.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -175,6 +175,73 @@ impl Checkpoint {
     pub fn tokenizer_config(&self) -> Result<Option<serde_json::Value>> {
         crate::fsutil::read_json_opt(&self.dir.join("tokenizer_config.json"))
     }
+}
+
+/// Is `dir` a PEFT adapter directory (an `adapter_config.json` and no `config.json` of its own)?
+pub fn is_adapter_dir(dir: &Path) -> bool {
+    dir.join(ADAPTER_CONFIG_FILE).is_file() && !dir.join("config.json").is_file()
+}
+
+/// The model an adapter directory builds on: its `rllr.json` `base_checkpoint`, else
+/// `adapter_config.json`'s `base_model_name_or_path`. A relative path is relative to the adapter
+/// directory, so a shipped tree of adapters (`sft/` on the base, `rm/` on `../sft`) moves as one.
+pub fn adapter_base(dir: &Path) -> Result<PathBuf> {
+    let from_manifest = Manifest::read(dir)?.and_then(|m| m.base_checkpoint);
+    let base = match from_manifest {
+        Some(b) => b,
+        None => {
+            let p = dir.join(ADAPTER_CONFIG_FILE);
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::json(&p, e))?;
+            v.get("base_model_name_or_path")
+                .and_then(|b| b.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| Error::checkpoint(dir, "adapter names no base model"))?
+        }
+    };
+    Ok(dir.join(base))
+}
+
+/// Load the model a directory stands for: a full checkpoint as it is, or an adapter directory
+/// whose base is loaded the same way (recursively) and the adapter merged into it — M_sft shipped
+/// as a small SFT adapter over the public base. `confine` checks (and may rewrite) every base path
+/// before it is opened, e.g. to keep a server inside its model root. Returns the model and the full
+/// checkpoint at the bottom of the chain (config, tokenizer).
+pub fn load_merged(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    confine: &dyn Fn(&Path) -> Result<PathBuf>,
+) -> Result<(Llama, Checkpoint)> {
+    load_merged_depth(dir, dtype, device, confine, 0)
+}
+
+fn load_merged_depth(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    confine: &dyn Fn(&Path) -> Result<PathBuf>,
+    depth: usize,
+) -> Result<(Llama, Checkpoint)> {
+    if depth > 8 {
+        return Err(Error::checkpoint(
+            dir,
+            "adapter chain deeper than 8 (a cycle?)",
+        ));
+    }
+    if !is_adapter_dir(dir) {
+        let ckpt = Checkpoint::open(dir)?;
+        let model = ckpt.load_model(dtype, device)?;
+        return Ok((model, ckpt));
+    }
+    let base = confine(&adapter_base(dir)?)?;
+    let (mut model, ckpt) = load_merged_depth(&base, dtype, device, confine, depth + 1)?;
+    const MERGING: &str = "__merging";
+    load_adapter(&mut model, dir, MERGING, false)?;
+    model.merge_adapter(MERGING)?;
+    model.remove_head(MERGING);
+    Ok((model, ckpt))
 }
 
 /// What a PEFT `adapter_config.json` holds that rllr uses.

@@ -240,3 +240,47 @@ fn half_precision_runs_and_stays_close_to_f32() {
         );
     }
 }
+
+#[test]
+fn an_adapter_chain_loads_as_its_merged_model() {
+    use rllr_core::checkpoint::{load_adapter, load_merged, save_adapter, save_model};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut model = Llama::random(&tiny_config(false), 3, DType::F32, &Device::Cpu).unwrap();
+    save_model(&model, &tmp.path().join("base"), None, None, None).unwrap();
+    let cfg = LoraConfig {
+        target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        ..LoraConfig::default()
+    };
+    random_adapter(&mut model, "sft", &cfg, 4);
+    // the shipped layout: the SFT adapter names its base relative to itself
+    save_adapter(
+        &model,
+        "sft",
+        None,
+        "../base",
+        &tmp.path().join("sft"),
+        None,
+    )
+    .unwrap();
+    let (merged, bottom) = load_merged(&tmp.path().join("sft"), DType::F32, &Device::Cpu, &|p| {
+        Ok(p.to_path_buf())
+    })
+    .unwrap();
+    assert_eq!(bottom.dir, tmp.path().join("sft/../base"));
+    let seq = prompts()[1].clone();
+    let want = alone(&model, &seq, &ForwardCtx::with_adapter("sft"));
+    let got = alone(&merged, &seq, &ForwardCtx::default());
+    let d = max_abs_diff(&want, &got);
+    assert!(d < 1e-5, "merged chain differs by {d}");
+    assert!(max_abs_diff(&want, &alone(&model, &seq, &ForwardCtx::default())) > 1e-3);
+    // a confinement check refuses a link
+    let refused = load_merged(&tmp.path().join("sft"), DType::F32, &Device::Cpu, &|_| {
+        Err(rllr_core::Error::Input("outside the root".into()))
+    });
+    assert!(refused.is_err());
+    // and an adapter loaded on top of the merged base works as usual
+    let mut top = merged;
+    save_adapter(&model, "sft", None, "../sft", &tmp.path().join("rm"), None).unwrap();
+    load_adapter(&mut top, &tmp.path().join("rm"), "rm", false).unwrap();
+    assert!(top.adapters().contains_key("rm"));
+}

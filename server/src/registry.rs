@@ -257,19 +257,26 @@ impl Registry {
     }
 
     fn build(self: &Arc<Self>, name: &str, dir: &Path) -> Result<ModelEntry> {
-        let is_adapter =
-            dir.join("adapter_config.json").exists() && !dir.join("config.json").exists();
+        let is_adapter = checkpoint::is_adapter_dir(dir);
         let manifest = Manifest::read(dir)?;
         let (ckpt_dir, adapter) = if is_adapter {
-            let base = base_of_adapter(dir, manifest.as_ref())?;
-            let base = self.resolve(&base.to_string_lossy())?;
-            (base, Some("adapter".to_string()))
+            let base = checkpoint::adapter_base(dir)?;
+            (
+                self.resolve(&base.to_string_lossy())?,
+                Some("adapter".to_string()),
+            )
         } else {
             (dir.to_path_buf(), None)
         };
-        let ckpt = Checkpoint::open(&ckpt_dir)?;
+        // A base that is itself an adapter directory (M_sft shipped as an SFT adapter) is merged
+        // into its own base, every link confined to the model root.
+        let confine = |p: &Path| -> rllr_core::Result<PathBuf> {
+            self.resolve(&p.to_string_lossy())
+                .map_err(|e| rllr_core::Error::Input(e.to_string()))
+        };
+        let (mut model, ckpt) =
+            checkpoint::load_merged(&ckpt_dir, self.dtype, &self.device, &confine)?;
         let manifest = manifest.or_else(|| ckpt.manifest.clone());
-        let mut model = ckpt.load_model(self.dtype, &self.device)?;
         if let Some(a) = &adapter {
             checkpoint::load_adapter(&mut model, dir, a, false)?;
         }
@@ -392,25 +399,4 @@ impl Registry {
             alive,
         })
     }
-}
-
-/// The base checkpoint of a PEFT adapter directory: the manifest's `base_checkpoint`, else
-/// `base_model_name_or_path`, relative to the adapter directory.
-fn base_of_adapter(dir: &Path, manifest: Option<&Manifest>) -> Result<PathBuf> {
-    let base = match manifest.and_then(|m| m.base_checkpoint.clone()) {
-        Some(b) => b,
-        None => {
-            let p = dir.join("adapter_config.json");
-            let text = std::fs::read_to_string(&p).map_err(|e| rllr_core::Error::io(&p, e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| rllr_core::Error::json(&p, e))?;
-            v.get("base_model_name_or_path")
-                .and_then(|b| b.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    Error::FailedPrecondition("adapter has no base_model_name_or_path".into())
-                })?
-        }
-    };
-    Ok(dir.join(base))
 }

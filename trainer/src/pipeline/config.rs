@@ -33,6 +33,11 @@ pub struct PipelineSection {
     /// Seed of every stage (init, data order, dropout, pair sampling).
     #[serde(default = "seed")]
     pub seed: u64,
+    /// After the report, ship the small results here (`<export_dir>/<task>/{sft, rm-label,
+    /// rm-rationale, rlhf, rllr, rllr-mixed}` adapters with relative bases, plus the report):
+    /// the quickstart writes the server's embedded default, `models/quickstart`.
+    #[serde(default)]
+    pub export_dir: Option<PathBuf>,
 }
 
 fn auto() -> String {

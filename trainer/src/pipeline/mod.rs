@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod exec;
+pub mod export;
 pub mod plan;
 pub mod report;
 pub mod stamp;
@@ -181,7 +182,33 @@ pub fn run_with(args: &PipelineArgs, runners: &Runners) -> anyhow::Result<()> {
     report::write(&run_dir, &report)?;
     print!("{}", report::render_markdown(&report));
     println!("report: {}", run_dir.join("report.md").display());
+    if let Some(dest) = &loaded.file.pipeline.export_dir {
+        export_all(&loaded, &report, &run_dir, dest)?;
+    }
     Ok(())
+}
+
+/// Ship every task's adapters and the report to `dest` (see [`export`]).
+fn export_all(
+    loaded: &config::Loaded,
+    report: &Report,
+    run_dir: &Path,
+    dest: &Path,
+) -> anyhow::Result<()> {
+    for t in &report.tasks {
+        let shipped = export::export_task(
+            &run_dir.join(&t.task),
+            &loaded.file.pipeline.model,
+            &dest.join(&t.task),
+        )?;
+        println!(
+            "exported {} of {} to {}",
+            shipped.join(", "),
+            t.task,
+            dest.join(&t.task).display()
+        );
+    }
+    report::write(dest, report)
 }
 
 /// Write the stage's config, run it (resuming an interrupted run with the same key), stamp it.

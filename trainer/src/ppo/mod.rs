@@ -729,7 +729,13 @@ pub fn run_loop(
         let scores = hooks.reward.score(&rollouts, step, &mut stats)?;
         let dt_score = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let upd = spec.step(model, &mut opt, &mut state, &rollouts, &scores, step, lr)?;
+        let upd = spec.step(
+            model,
+            &mut opt,
+            &mut state,
+            (&rollouts, &scores),
+            (step, lr),
+        )?;
         let dt_upd = t.elapsed().as_secs_f64();
         t_roll += dt_roll;
         t_score += dt_score;

@@ -123,16 +123,15 @@ impl StepSpec<'_> {
         Ok(old)
     }
 
-    /// Run one PPO step; `scores` are the raw task rewards of `rollouts`.
+    /// Run PPO step `step` (0-based) at learning rate `lr`; `scores` are the raw task rewards of
+    /// `rollouts`.
     pub fn step(
         &self,
         model: &Llama,
         opt: &mut AdamW,
         state: &mut PpoState,
-        rollouts: &[Rollout],
-        scores: &[f64],
-        step: usize,
-        lr: f64,
+        (rollouts, scores): (&[Rollout], &[f64]),
+        (step, lr): (usize, f64),
     ) -> anyhow::Result<Map<String, Value>> {
         anyhow::ensure!(rollouts.len() == scores.len() && !rollouts.is_empty());
         let step_seed = step as u64;
@@ -144,9 +143,9 @@ impl StepSpec<'_> {
         };
         let beta = state.kl.value;
         let (mut adv, mut ret, mut kl_sums, mut non_score) = (vec![], vec![], vec![], vec![]);
-        for i in 0..rollouts.len() {
+        for (i, &score) in norm.iter().enumerate() {
             let (r, kl) =
-                math::per_token_rewards(norm[i], &old.logprobs[i], &old.ref_logprobs[i], beta);
+                math::per_token_rewards(score, &old.logprobs[i], &old.ref_logprobs[i], beta);
             kl_sums.push(kl.iter().sum::<f64>());
             non_score.push(-beta * kl.iter().sum::<f64>());
             let (a, rt) = math::gae(&r, &old.values[i], self.gamma, self.gae_lambda);

@@ -256,7 +256,7 @@ fn gradients_reach_policy_value_and_head_only() {
     .unwrap();
     let mut state = initial(0.2);
     let st = spec(false, 8)
-        .step(&model, &mut opt, &mut state, &rollouts, &s, 0, 1e-2)
+        .step(&model, &mut opt, &mut state, (&rollouts, &s), (0, 1e-2))
         .unwrap();
     assert!(st["loss/policy"].as_f64().unwrap().is_finite());
     // the reference is the bare base and the fresh policy equals it: KL 0 and ratio 1 at first
