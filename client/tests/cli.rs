@@ -235,3 +235,31 @@ async fn one_off_commands_auth_failover_and_errors() {
     assert_eq!(client.list_models().await.unwrap().len(), 4);
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_with_a_private_ca() {
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let root = model_root();
+    let mut cfg = config(root.path());
+    cfg.tls_cert = Some(format!("{tls}/server.pem").into());
+    cfg.tls_key = Some(format!("{tls}/server.key").into());
+    let server = start(cfg).await;
+    let https = format!("https://localhost:{}", server.addr.port());
+    let ca = format!("{tls}/ca.pem");
+
+    let o = run(&["--endpoint", &https, "--ca-cert", &ca, "--output", "json", "models"], None).await;
+    assert_eq!(json_lines(&o).len(), 4);
+    // By IP, checking the certificate's name explicitly.
+    let by_ip = format!("https://127.0.0.1:{}", server.addr.port());
+    let o = run(&["--endpoint", &by_ip, "--ca-cert", &ca, "--tls-domain", "localhost", "--output", "json", "models"], None).await;
+    assert_eq!(json_lines(&o).len(), 4);
+    // No CA: refused up front with a clear message.
+    let o = run(&["--endpoint", &https, "models"], None).await;
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("--ca-cert"), "{err}");
+    // Plaintext against a TLS server fails (no silent downgrade).
+    let plain = format!("http://127.0.0.1:{}", server.addr.port());
+    let o = run(&["--endpoint", &plain, "--timeout-s", "3", "models"], None).await;
+    assert!(!o.status.success());
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}
