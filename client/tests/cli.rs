@@ -247,11 +247,37 @@ async fn tls_with_a_private_ca() {
     let https = format!("https://localhost:{}", server.addr.port());
     let ca = format!("{tls}/ca.pem");
 
-    let o = run(&["--endpoint", &https, "--ca-cert", &ca, "--output", "json", "models"], None).await;
+    let o = run(
+        &[
+            "--endpoint",
+            &https,
+            "--ca-cert",
+            &ca,
+            "--output",
+            "json",
+            "models",
+        ],
+        None,
+    )
+    .await;
     assert_eq!(json_lines(&o).len(), 4);
     // By IP, checking the certificate's name explicitly.
     let by_ip = format!("https://127.0.0.1:{}", server.addr.port());
-    let o = run(&["--endpoint", &by_ip, "--ca-cert", &ca, "--tls-domain", "localhost", "--output", "json", "models"], None).await;
+    let o = run(
+        &[
+            "--endpoint",
+            &by_ip,
+            "--ca-cert",
+            &ca,
+            "--tls-domain",
+            "localhost",
+            "--output",
+            "json",
+            "models",
+        ],
+        None,
+    )
+    .await;
     assert_eq!(json_lines(&o).len(), 4);
     // No CA: refused up front with a clear message.
     let o = run(&["--endpoint", &https, "models"], None).await;
