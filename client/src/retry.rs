@@ -225,29 +225,25 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r, 3);
-        calls.store(0, Ordering::SeqCst);
-        let e = policy(5)
-            .run(None, |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Err::<(), _>(Status::invalid_argument("bad")) }
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (e.code(), calls.load(Ordering::SeqCst)),
-            (Some(Code::InvalidArgument), 1)
-        );
-        calls.store(0, Ordering::SeqCst);
-        let e = policy(3)
-            .run(None, |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Err::<(), _>(Status::unavailable("down")) }
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (e.code(), calls.load(Ordering::SeqCst)),
-            (Some(Code::Unavailable), 3)
-        );
+        // A code that is not retryable fails at once; a retryable one until the attempts run out.
+        for (attempts, status, want_calls) in [
+            (5, Status::invalid_argument("bad"), 1),
+            (3, Status::unavailable("down"), 3),
+        ] {
+            let code = status.code();
+            let calls = AtomicU32::new(0);
+            let e = policy(attempts)
+                .run(None, |_| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let s = status.clone();
+                    async move { Err::<(), _>(s) }
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (e.code(), calls.load(Ordering::SeqCst)),
+                (Some(code), want_calls)
+            );
+        }
     }
 }

@@ -74,6 +74,10 @@ fn rows(path: &Path) -> BTreeMap<String, serde_json::Value> {
     m
 }
 
+fn summary(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(batch::summary_path(out)).unwrap()).unwrap()
+}
+
 fn line_count(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
 }
@@ -166,8 +170,7 @@ async fn killed_three_times_and_resumed_equals_an_uninterrupted_run() {
         );
         assert!((a - b).abs() < 1e-4, "{id}.confidence {a} vs {b}");
     }
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(batch::summary_path(&out)).unwrap()).unwrap();
+    let summary = summary(&out);
     assert_eq!(summary["already_done"], lines_after_kill[2]);
     assert_eq!(summary["written"], 500 - lines_after_kill[2]);
     let acc = &summary["accuracy"];
@@ -347,8 +350,7 @@ async fn bad_records_are_reported_by_line_and_skipped_or_fail_the_job() {
         (0..20).map(|i| format!("r{i}")).collect()
     );
     assert_eq!(got["r0"]["gold"], LABELS[0]);
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(batch::summary_path(&out)).unwrap()).unwrap();
+    let summary = summary(&out);
     assert_eq!(summary["bad_records"].as_array().unwrap().len(), 3);
     assert_eq!(
         (

@@ -36,6 +36,27 @@ async fn run(args: &[&str], stdin: Option<&str>) -> Output {
     .unwrap()
 }
 
+fn classify_req(text: &str, max_new_tokens: u32) -> v1::ClassifyRequest {
+    v1::ClassifyRequest {
+        inputs: vec![v1::Input {
+            text: text.into(),
+            text_pair: Some("A person rests.".into()),
+        }],
+        model: "pol".into(),
+        params: Some(v1::GenerationParams {
+            max_new_tokens: Some(max_new_tokens),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `rllr <conn...> --output json models`: how many models it lists.
+async fn model_count(conn: &[&str]) -> usize {
+    let args = [conn, &["--output", "json", "models"]].concat();
+    json_lines(&run(&args, None).await).len()
+}
+
 fn json_lines(o: &Output) -> Vec<serde_json::Value> {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout)
@@ -169,20 +190,10 @@ async fn one_off_commands_auth_failover_and_errors() {
     // A dead endpoint first: the call fails over to the live one.
     let dead = "http://127.0.0.1:9";
     let both = format!("{dead},{u}");
-    let o = run(
-        &[
-            "--endpoint",
-            &both,
-            "--api-key",
-            "sesame",
-            "--output",
-            "json",
-            "models",
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(json_lines(&o).len(), 4);
+    assert_eq!(
+        model_count(&["--endpoint", &both, "--api-key", "sesame"]).await,
+        4
+    );
     // Only dead endpoints: non-zero, within the deadline.
     let t0 = std::time::Instant::now();
     let o = run(&["--endpoint", dead, "--timeout-s", "2", "models"], None).await;
@@ -200,35 +211,13 @@ async fn one_off_commands_auth_failover_and_errors() {
         .unwrap();
     for _ in 0..4 {
         let r = client
-            .classify(v1::ClassifyRequest {
-                inputs: vec![v1::Input {
-                    text: "A man sleeps.".into(),
-                    text_pair: Some("A person rests.".into()),
-                }],
-                model: "pol".into(),
-                params: Some(v1::GenerationParams {
-                    max_new_tokens: Some(4),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
+            .classify(classify_req("A man sleeps.", 4))
             .await
             .unwrap();
         assert_eq!(r.results.len(), 1);
     }
     // Cancellation: a dropped call returns at once and the client stays usable.
-    let slow = client.classify(v1::ClassifyRequest {
-        inputs: vec![v1::Input {
-            text: "x".repeat(200),
-            text_pair: Some("y".into()),
-        }],
-        model: "pol".into(),
-        params: Some(v1::GenerationParams {
-            max_new_tokens: Some(48),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let slow = client.classify(classify_req(&"x".repeat(200), 48));
     assert!(tokio::time::timeout(Duration::from_millis(1), slow)
         .await
         .is_err());
@@ -247,38 +236,24 @@ async fn tls_with_a_private_ca() {
     let https = format!("https://localhost:{}", server.addr.port());
     let ca = format!("{tls}/ca.pem");
 
-    let o = run(
-        &[
-            "--endpoint",
-            &https,
-            "--ca-cert",
-            &ca,
-            "--output",
-            "json",
-            "models",
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(json_lines(&o).len(), 4);
+    assert_eq!(
+        model_count(&["--endpoint", &https, "--ca-cert", &ca]).await,
+        4
+    );
     // By IP, checking the certificate's name explicitly.
     let by_ip = format!("https://127.0.0.1:{}", server.addr.port());
-    let o = run(
-        &[
+    assert_eq!(
+        model_count(&[
             "--endpoint",
             &by_ip,
             "--ca-cert",
             &ca,
             "--tls-domain",
-            "localhost",
-            "--output",
-            "json",
-            "models",
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(json_lines(&o).len(), 4);
+            "localhost"
+        ])
+        .await,
+        4
+    );
     // No CA: refused up front with a clear message.
     let o = run(&["--endpoint", &https, "models"], None).await;
     let err = String::from_utf8_lossy(&o.stderr).to_string();
