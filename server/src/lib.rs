@@ -19,6 +19,8 @@ pub mod reward;
 pub mod server;
 pub mod state;
 pub mod stream;
+#[cfg(feature = "testutil")]
+pub mod testutil;
 pub mod text;
 
 pub use config::ServerConfig;

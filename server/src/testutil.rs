@@ -1,0 +1,158 @@
+//! Test fixtures shared by the server's tests and its clients' tests (`rllr-client`): tiny random
+//! models with a byte-level tokenizer, written as real checkpoints under a temporary model root, and
+//! a server started on 127.0.0.1:0. Behind the non-default `testutil` feature so production builds
+//! carry none of it.
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::path::Path;
+
+use crate::{RunningServer, ServerConfig};
+use candle_core::{DType, Device};
+use rllr_core::checkpoint;
+use rllr_core::manifest::{Manifest, ModelKind};
+use rllr_core::task::{LabelSpec, TaskSpec};
+use rllr_core::{Config, Llama};
+
+pub const LABELS: [&str; 3] = ["entailment", "neutral", "contradiction"];
+/// 256 byte tokens + <|im_end|> (256), <|im_start|> (257), <|endoftext|> (258).
+pub const VOCAB: usize = 264;
+pub const EOS: u32 = 258;
+
+fn byte_alphabet() -> Vec<char> {
+    let mut next = 256u32;
+    (0..=255u8)
+        .map(|b| {
+            if matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF) {
+                char::from(b)
+            } else {
+                let c = char::from_u32(next).unwrap();
+                next += 1;
+                c
+            }
+        })
+        .collect()
+}
+
+/// A byte-level BPE tokenizer with no merges: every byte is a token, so any text round-trips.
+pub fn tokenizer_json() -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = byte_alphabet()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), serde_json::json!(i)))
+        .collect();
+    let special = |id: u32, s: &str| serde_json::json!({"id": id, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(256, "<|im_end|>"), special(257, "<|im_start|>"), special(258, "<|endoftext|>")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}
+
+pub fn tiny_config() -> Config {
+    let json = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 64,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "head_dim": 8,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": true, "vocab_size": VOCAB, "bos_token_id": 257, "eos_token_id": EOS,
+        "pad_token_id": EOS, "hidden_act": "silu", "model_type": "llama"
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.json");
+    std::fs::write(&p, json.to_string()).unwrap();
+    Config::from_file(&p).unwrap()
+}
+
+pub fn nli_task() -> TaskSpec {
+    TaskSpec {
+        name: "nli".into(),
+        instruction: "Does the premise entail the hypothesis?".into(),
+        input_fields: vec!["premise".into(), "hypothesis".into()],
+        labels: LABELS
+            .iter()
+            .map(|l| LabelSpec {
+                name: l.to_string(),
+                display: None,
+            })
+            .collect(),
+        metric: "accuracy".into(),
+        answer_prefix: "Answer:".into(),
+    }
+}
+
+/// Write a tiny model of `kind` (a reward model gets a random score head) under `root/name`.
+pub fn write_model(root: &Path, name: &str, kind: ModelKind, seed: u64, template: &str) {
+    let cfg = tiny_config();
+    let mut model = Llama::random(&cfg, seed, DType::F32, &Device::Cpu).unwrap();
+    let head = matches!(kind, ModelKind::Reward | ModelKind::Value);
+    if head {
+        model.add_new_head("score", false, seed + 1).unwrap();
+    }
+    let mut m = Manifest::new(kind, "test");
+    m.task = Some("nli".into());
+    m.labels = LABELS.iter().map(|s| s.to_string()).collect();
+    m.task_spec = Some(nli_task());
+    m.chat_template = Some(template.into());
+    if head {
+        m.head = Some("score".into());
+    }
+    let dir = root.join(name);
+    checkpoint::save_model(&model, &dir, head.then_some("score"), None, Some(&m)).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json()).unwrap();
+}
+
+/// A model root with `pol` (policy, plain template), `pol-chat` (policy, chatml), `rm` and `rm2`
+/// (reward models).
+pub fn model_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    write_model(root.path(), "pol", ModelKind::Policy, 1, "plain");
+    write_model(root.path(), "pol-chat", ModelKind::Policy, 2, "chatml");
+    write_model(root.path(), "rm", ModelKind::Reward, 3, "plain");
+    write_model(root.path(), "rm2", ModelKind::Reward, 4, "chatml");
+    root
+}
+
+/// A config serving every model of `model_root` on free ports.
+pub fn config(root: &Path) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        metrics_listen: "127.0.0.1:0".into(),
+        model_root: root.to_path_buf(),
+        models: ["pol", "pol-chat", "rm", "rm2"]
+            .iter()
+            .map(|n| format!("{n}={n}").parse().unwrap())
+            .collect(),
+        max_new_tokens: 48,
+        ..ServerConfig::default()
+    }
+}
+
+pub async fn start(cfg: ServerConfig) -> RunningServer {
+    crate::start(cfg).await.unwrap()
+}
+
+pub fn url(s: &RunningServer) -> String {
+    format!("http://{}", s.addr)
+}
+
+pub fn input(a: &str, b: &str) -> Option<rllr_proto::v1::Input> {
+    Some(rllr_proto::v1::Input {
+        text: a.into(),
+        text_pair: Some(b.into()),
+    })
+}
+
+pub fn item(a: &str, b: &str, rationale: &str, label: &str) -> rllr_proto::v1::ScoreItem {
+    rllr_proto::v1::ScoreItem {
+        input: input(a, b),
+        rationale: rationale.into(),
+        label: label.into(),
+    }
+}
