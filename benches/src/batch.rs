@@ -21,11 +21,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Benchmark batch classification jobs.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Model root holding `smollm2-135m-instruct` (the embedded default's model_root).
+    /// Model root holding `smollm2-135m-instruct` and `quickstart/` (the embedded default's model_root).
     #[arg(long, env = "RLLR_MODEL_ROOT", default_value = "models")]
     model_root: PathBuf,
-    /// Input rows (JSONL with id, input, label).
-    #[arg(long, default_value = "data/sst2/test.jsonl")]
+    /// Input rows (JSONL with id, input, label): the task of the default policy (ComVE).
+    #[arg(long, default_value = "data/comve/test.jsonl")]
     input: PathBuf,
     /// Rows per run.
     #[arg(long, default_value_t = 48)]
@@ -59,7 +59,10 @@ async fn main() -> Result<()> {
         "--device",
         &args.device,
     ])?;
-    let model = cfg.models[0].name.clone();
+    let model = cfg
+        .default_policy_model
+        .clone()
+        .unwrap_or_else(|| cfg.models[0].name.clone());
     let server = rllr_server::start(cfg)
         .await
         .context("starting the embedded default (run scripts/fetch-smollm2.sh first)")?;

@@ -205,7 +205,8 @@ mod tests {
     #[test]
     fn embedded_default_loads_and_flags_override_the_file() {
         let cfg = ServerConfig::load_from(["rllr-server"]).unwrap();
-        assert_eq!(cfg.models.len(), 1);
+        assert_eq!(cfg.models.len(), 4);
+        assert_eq!(cfg.default_policy_model.as_deref(), Some("rllr-mixed"));
         assert_eq!(cfg.metrics_listen, "127.0.0.1:9000");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.toml");

@@ -83,6 +83,8 @@ pub struct Registry {
     device: Device,
     dtype: DType,
     changed: watch::Sender<u64>,
+    /// Set by shutdown: lookups answer UNAVAILABLE (retry elsewhere), not NOT_FOUND.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -102,6 +104,7 @@ impl Registry {
             device,
             dtype,
             changed: watch::channel(0).0,
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -116,6 +119,9 @@ impl Registry {
 
     /// The model called `name`.
     pub fn get(&self, name: &str) -> Result<Arc<ModelEntry>> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Unavailable("the server is shutting down".into()));
+        }
         self.models
             .get(name)
             .map(|e| e.value().clone())
@@ -249,8 +255,11 @@ impl Registry {
         Ok(())
     }
 
-    /// Drop every model (shutdown): workers drain and stop.
+    /// Drop every model (shutdown): workers drain and stop; later lookups are UNAVAILABLE, so
+    /// clients retry on another endpoint instead of giving up on a missing model.
     pub fn clear(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.models.clear();
         self.order.lock().expect("order lock").clear();
         self.notify();

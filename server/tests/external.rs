@@ -103,3 +103,89 @@ async fn promtool_check_metrics() {
     );
     server.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+/// The embedded default (`server/server.toml`) serves the quickstart's shipped adapters
+/// (`models/quickstart/comve/`: M_sft as an SFT adapter over SmolLM2, the two reward models and the
+/// RLLR-mixed policy) once the base model is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs models/smollm2-135m-instruct (scripts/fetch-smollm2.sh)"]
+async fn smollm2_embedded_default_serves_the_quickstart_models() {
+    use rllr_proto::v1::{
+        model_service_client::ModelServiceClient, policy_service_client::PolicyServiceClient,
+        reward_service_client::RewardServiceClient, ClassifyRequest, GenerationParams,
+        ListModelsRequest, ScoreRequest,
+    };
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
+    let cfg = rllr_server::ServerConfig::load_from([
+        "rllr-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--model-root",
+        root,
+    ])
+    .unwrap();
+    let server = common::start(cfg).await;
+    let ch = tonic::transport::Endpoint::from_shared(common::url(&server))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let models = ModelServiceClient::new(ch.clone())
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    for want in ["rllr-mixed", "rm-label", "rm-rationale"] {
+        assert!(names.contains(&want), "{want} not served: {names:?}");
+    }
+    let (a, b) = (
+        "he put a turkey in the oven",
+        "he put an elephant in the oven",
+    );
+    let mut reward = RewardServiceClient::new(ch.clone());
+    let scored = reward
+        .score(ScoreRequest {
+            items: vec![
+                common::item(a, b, "an elephant is too big for an oven", "second"),
+                common::item(a, b, "an elephant is too big for an oven", "first"),
+            ],
+            label_model: "rm-label".into(),
+            rationale_model: "rm-rationale".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let lambda = scored.lambda.expect("a mixed score reports its lambda");
+    for r in &scored.rewards {
+        let rat = r.rationale_reward.expect("rationale reward");
+        assert!(r.label_reward.is_finite() && rat.is_finite());
+        assert!((r.mixed_reward - (r.label_reward.min(lambda) + rat)).abs() < 1e-5);
+    }
+    let out = PolicyServiceClient::new(ch)
+        .classify(ClassifyRequest {
+            inputs: vec![common::input(a, b).unwrap()],
+            model: "rllr-mixed".into(),
+            params: Some(GenerationParams {
+                max_new_tokens: Some(48),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = &out.results[0];
+    eprintln!("rllr-mixed: {c:?}");
+    assert!(
+        ["first", "second", ""].contains(&c.label.as_str()),
+        "label {} outside the task's label set",
+        c.label
+    );
+    assert!(!c.text.is_empty());
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
