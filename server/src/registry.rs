@@ -22,6 +22,7 @@ use crate::batcher::{self, BatchSettings, QueueSender};
 use crate::config::ServerConfig;
 use crate::engine::{self, EngineSpec};
 use crate::error::{Error, Result};
+use crate::text::{label_fork, LabelFork};
 
 /// A served model: what requests need to validate and tokenize, and its worker's queue.
 pub struct ModelEntry {
@@ -44,8 +45,10 @@ pub struct ModelEntry {
     pub tokenizer: Arc<Tokenizer>,
     /// EOS id appended to scored text when the template has no end-of-turn text.
     pub eos_id: Option<u32>,
-    /// Per label, in order: its first token id written right after the prefix's space (`"label"`)
-    /// and with the space (`" label"`); the engine keeps the logits of all of them.
+    /// Where the labels part ways in token space, spelled right after the prefix's space
+    /// (`"label"`, index 0) and with the space (`" label"`, index 1).
+    pub label_forks: [LabelFork; 2],
+    /// Both forks' label ids, concatenated: the engine keeps the logits of all of them every step.
     pub label_first_ids: Vec<u32>,
     pub dtype: String,
     pub device: String,
@@ -348,15 +351,20 @@ impl Registry {
         }
         let eos_id = ckpt.config.eos_ids().first().copied();
         let pad_id = ckpt.config.pad_token_id.or(eos_id).unwrap_or(0);
-        let first = |text: &str| -> u32 {
+        let ids = |text: &str| -> Vec<u32> {
             tokenizer
                 .encode(text, false)
-                .ok()
-                .and_then(|e| e.get_ids().first().copied())
-                .unwrap_or(0)
+                .map(|e| e.get_ids().to_vec())
+                .unwrap_or_default()
         };
-        let mut label_first_ids: Vec<u32> = label_texts.iter().map(|l| first(l)).collect();
-        label_first_ids.extend(label_texts.iter().map(|l| first(&format!(" {l}"))));
+        let label_forks = [String::new(), " ".to_string()].map(|lead| {
+            let seqs: Vec<Vec<u32>> = label_texts
+                .iter()
+                .map(|l| ids(&format!("{lead}{l}")))
+                .collect();
+            label_fork(&seqs)
+        });
+        let label_first_ids: Vec<u32> = label_forks.iter().flat_map(|f| f.ids.clone()).collect();
         let settings = BatchSettings {
             max_batch_tokens: self.cfg.max_batch_tokens,
             max_batch_size: self.cfg.max_batch_size,
@@ -402,6 +410,7 @@ impl Registry {
             tokenizer: Arc::new(tokenizer),
             eos_id,
             label_first_ids,
+            label_forks,
             dtype: self.cfg.dtype.clone(),
             device: self.cfg.device.clone(),
             queue,

@@ -5,11 +5,12 @@
 //! then `template.response_end()` (or the EOS id when the template has none); the reward is the
 //! head output at its last token.
 //!
-//! Label probabilities: the logits at the step that generated the first token of the label on the
-//! answer line, restricted to the first token of each label and softmax-normalised. This is exact
-//! when labels start with distinct tokens (the usual case: `entailment`/`neutral`/`contradiction`);
-//! labels that share a first token get equal shares of it. A per-label sequence log-probability
-//! would need one more forward pass per label and is left for later.
+//! Label probabilities: the logits at the step where the labels' token sequences part ways (their
+//! [`LabelFork`]: the first token for `entailment`/`neutral`/`contradiction`, the second for
+//! `Statement 1`/`Statement 2`, whose first token is shared), restricted to each label's token there
+//! and softmax-normalised: P(label | answer line so far). When the labels never part at one common
+//! position (one label a prefix of another), the first tokens are used and labels sharing one get
+//! equal shares of it.
 
 use std::ops::Range;
 
@@ -144,6 +145,46 @@ pub fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
         .map_err(rllr_core::Error::from)?)
 }
 
+/// Where a task's labels part ways in token space, for one spelling of them (right after the answer
+/// prefix's space, or with a leading space): the tokens every label starts with, then each label's
+/// own token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelFork {
+    pub prefix: Vec<u32>,
+    pub ids: Vec<u32>,
+}
+
+/// The fork of the labels' token sequences: after their longest common prefix when every label has
+/// a token there and those tokens are distinct; otherwise at the first token.
+pub fn label_fork(seqs: &[Vec<u32>]) -> LabelFork {
+    let first = |k: usize| -> Vec<u32> {
+        seqs.iter()
+            .map(|s| s.get(k).copied().unwrap_or(0))
+            .collect()
+    };
+    let Some(shortest) = seqs.iter().map(Vec::len).min() else {
+        return LabelFork::default();
+    };
+    let common = (0..shortest)
+        .take_while(|&k| seqs.iter().all(|s| s[k] == seqs[0][k]))
+        .count();
+    let ids = first(common);
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if common < shortest && sorted.len() == ids.len() {
+        LabelFork {
+            prefix: seqs[0][..common].to_vec(),
+            ids,
+        }
+    } else {
+        LabelFork {
+            prefix: Vec::new(),
+            ids: first(0),
+        }
+    }
+}
+
 /// Probabilities over the label set at the label position of a generated `text`, or `None` when
 /// the position cannot be found (no answer line, or the label starts inside a token that also
 /// holds text before it).
@@ -154,7 +195,7 @@ pub fn label_probabilities(
     text: &str,
 ) -> Option<Vec<f32>> {
     let n = model.label_texts.len();
-    if n == 0 || model.label_first_ids.len() != 2 * n {
+    if n == 0 || model.label_forks.iter().any(|f| f.ids.len() != n) {
         return None;
     }
     let span: Range<usize> = model.format.label_span(text)?;
@@ -174,14 +215,20 @@ pub fn label_probabilities(
         }
     }
     let step = lo;
-    let logits = label_logits.get(step)?;
     let before = decode(&model.tokenizer, &tokens[..step]).ok()?;
     let lead = text.get(before.len().min(span.start)..span.start)?;
-    let set = match lead {
-        "" => &logits[..n],
-        " " => &logits[n..],
+    let variant = match lead {
+        "" => 0,
+        " " => 1,
         _ => return None,
     };
+    let fork = &model.label_forks[variant];
+    let at = step + fork.prefix.len();
+    if tokens.get(step..at)? != fork.prefix.as_slice() {
+        return None;
+    }
+    let logits = label_logits.get(at)?;
+    let set = logits.get(variant * n..variant * n + n)?;
     let max = set.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
         return None;
@@ -189,4 +236,44 @@ pub fn label_probabilities(
     let exps: Vec<f64> = set.iter().map(|&l| f64::from(l - max).exp()).collect();
     let total: f64 = exps.iter().sum();
     Some(exps.iter().map(|e| (e / total) as f32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_fork_where_their_tokens_part() {
+        // "Statement 1" / "Statement 2": a shared first token, then " 1" / " 2"
+        let f = label_fork(&[vec![9, 4], vec![9, 5]]);
+        assert_eq!(
+            f,
+            LabelFork {
+                prefix: vec![9],
+                ids: vec![4, 5]
+            }
+        );
+        // distinct first tokens: the fork is at the start
+        let f = label_fork(&[vec![1, 2], vec![3], vec![4, 5, 6]]);
+        assert_eq!(
+            f,
+            LabelFork {
+                prefix: vec![],
+                ids: vec![1, 3, 4]
+            }
+        );
+        // one label a prefix of another: fall back to the first tokens (equal shares)
+        let f = label_fork(&[vec![7], vec![7, 8]]);
+        assert_eq!(
+            f,
+            LabelFork {
+                prefix: vec![],
+                ids: vec![7, 7]
+            }
+        );
+        // three labels where two share a longer prefix: no single fork, first tokens
+        let f = label_fork(&[vec![7, 1], vec![7, 1, 2], vec![7, 3]]);
+        assert_eq!(f.prefix, Vec::<u32>::new());
+        assert_eq!(label_fork(&[]), LabelFork::default());
+    }
 }

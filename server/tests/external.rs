@@ -187,5 +187,13 @@ async fn smollm2_embedded_default_serves_the_quickstart_models() {
         c.label
     );
     assert!(!c.text.is_empty());
+    // "Statement 1" / "Statement 2" share their first token: the probabilities are read where
+    // the labels part (" 1" / " 2"), so they are not an even split
+    if !c.label.is_empty() {
+        let p: Vec<f32> = c.probabilities.iter().map(|p| p.probability).collect();
+        assert_eq!(p.len(), 2);
+        assert!((p[0] + p[1] - 1.0).abs() < 1e-4, "{p:?}");
+        assert!((p[0] - p[1]).abs() > 1e-4, "an even split means the fork was missed: {p:?}");
+    }
     server.shutdown(Duration::from_secs(5)).await.unwrap();
 }
