@@ -20,7 +20,7 @@ use crate::rope::{self, Rope};
 use crate::{Config, Error, Result};
 
 /// Masked attention logits get this instead of -inf, so a fully masked (pad) row never yields NaN.
-const MASKED: f32 = -1e30;
+pub(crate) const MASKED: f32 = -1e30;
 
 /// Root-mean-square layer norm, computed in f32 as transformers does.
 pub struct RmsNorm {
