@@ -344,3 +344,33 @@ fn matmul_rows_stay_close_across_batch_sizes() {
         }
     }
 }
+
+#[test]
+fn lm_cross_entropy_matches_logits_then_cross_entropy() {
+    // 600 rows (3 chunks, the last partial), some masked out; loss and d/dh against the composite
+    // path (logits, then log-softmax cross-entropy), with a vocabulary large enough to go parallel.
+    let model = tiny();
+    let (n, hidden) = (600, model.config().hidden_size);
+    let h = rand(&[2, n / 2, hidden], 50);
+    let targets: Vec<u32> = (0..n as u32).map(|i| (i * 37) % 64).collect();
+    let targets = Tensor::from_vec(targets, (2, n / 2), &Device::Cpu).unwrap();
+    let mask: Vec<f32> = (0..n).map(|i| (i % 5 != 3) as u8 as f32).collect();
+    let mask = Tensor::from_vec(mask, (2, n / 2), &Device::Cpu).unwrap();
+    let one = Tensor::new(2.5f32, &Device::Cpu).unwrap();
+    let fused_path = |x: &[Tensor]| model.lm_cross_entropy(&x[0], &targets, &mask).unwrap();
+    let composite = |x: &[Tensor]| {
+        let logits = model.lm_logits(&x[0]).unwrap().reshape((n, 64)).unwrap();
+        let t = targets.flatten_all().unwrap().unsqueeze(1).unwrap();
+        crate::loss::composite(&logits, &t, &mask.flatten_all().unwrap()).unwrap()
+    };
+    let [lf, gf] = fused::with_fused(true, || value_and_grad(&fused_path, &[h.clone()], &one));
+    let [lc, gc] = fused::with_fused(false, || value_and_grad(&composite, &[h.clone()], &one));
+    let d = |a: &Tensor, b: &Tensor| crate::numerics::max_abs_diff(a, b).unwrap();
+    assert!(d(&lf, &lc) <= 1e-5, "loss {lf} vs {lc}");
+    assert!(d(&gf, &gc) <= 1e-6, "grad max |Δ| {}", d(&gf, &gc));
+    // Without a gradient it is the same loss, bit for bit.
+    let plain = fused::with_fused(true, || {
+        model.lm_cross_entropy(&h, &targets, &mask).unwrap()
+    });
+    assert_eq!(bits(&plain), bits(&lf));
+}
