@@ -363,8 +363,12 @@ fn lm_cross_entropy_matches_logits_then_cross_entropy() {
         let t = targets.flatten_all().unwrap().unsqueeze(1).unwrap();
         crate::loss::composite(&logits, &t, &mask.flatten_all().unwrap()).unwrap()
     };
-    let [lf, gf] = fused::with_fused(true, || value_and_grad(&fused_path, std::slice::from_ref(&h), &one));
-    let [lc, gc] = fused::with_fused(false, || value_and_grad(&composite, std::slice::from_ref(&h), &one));
+    let [lf, gf] = fused::with_fused(true, || {
+        value_and_grad(&fused_path, std::slice::from_ref(&h), &one)
+    });
+    let [lc, gc] = fused::with_fused(false, || {
+        value_and_grad(&composite, std::slice::from_ref(&h), &one)
+    });
     let d = |a: &Tensor, b: &Tensor| crate::numerics::max_abs_diff(a, b).unwrap();
     assert!(d(&lf, &lc) <= 1e-5, "loss {lf} vs {lc}");
     assert!(d(&gf, &gc) <= 1e-6, "grad max |Δ| {}", d(&gf, &gc));
