@@ -410,13 +410,7 @@ impl Llama {
         }
         let hidden = h.dim(D::Minus1)?;
         let n = h.elem_count() / hidden;
-        if targets.elem_count() != n || mask.elem_count() != n {
-            return Err(Error::Input(format!(
-                "cross-entropy: {n} positions of hidden states, {} targets, {} mask entries",
-                targets.elem_count(),
-                mask.elem_count()
-            )));
-        }
+        crate::loss::check_positions("hidden states", n, targets, mask)?;
         let targets = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
         let mask = mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
         let flat = h.reshape((n, hidden))?;
