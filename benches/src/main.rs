@@ -25,7 +25,6 @@ use candle_core::{DType, Device};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use clap::Parser;
 use rllr_core::checkpoint::Checkpoint;
-use rllr_core::loss::masked_cross_entropy;
 use rllr_core::{
     generate, Batch, ForwardCtx, GenerationRequest, Llama, LoraConfig, PaddingSide, SamplingParams,
     StopCriteria,
@@ -135,8 +134,9 @@ fn train_work(model: &mut Llama, b: usize, len: usize) -> Result<Work<'_>> {
             adapter: Some("bench"),
             dropout_seed: Some(step),
         };
-        let logits = model.forward(&batch, &ctx)?;
-        let loss = masked_cross_entropy(&logits, &targets, &mask)?;
+        // The LM head and the loss in one: the (8·256, vocab) logits are never materialised.
+        let h = model.hidden_states(&batch, &ctx)?;
+        let loss = model.lm_cross_entropy(&h, &targets, &mask)?;
         opt.backward_step(&loss)?;
         Ok(())
     };

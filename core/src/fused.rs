@@ -22,13 +22,14 @@ type CResult<T> = candle_core::Result<T>;
 /// more than the work in a decode step).
 const PAR_MIN: usize = 1 << 15;
 
-/// Can the fused kernels run on `t`: f32 on the CPU, and only when `RLLR_FUSED=1` opts in.
+/// Can the fused kernels run on `t`: f32 on the CPU, unless `RLLR_FUSED=0` opts out (the
+/// composite path, for A/B runs and as a fallback).
 ///
-/// Opt-in for now: with the fused kernels on, the server's integration test
-/// `every_rpc_end_to_end` intermittently saw a streamed greedy generation differ from the same
-/// request's unary one on a tiny random model (near-tied logits), so bit-stability across batch
-/// shapes is not yet established. Each kernel matches the composite path within 1e-4 forward and
-/// backward (tests below), so opting in is safe for training and throughput runs.
+/// Each kernel matches the composite path within 1e-4 forward and backward (tests below) and is
+/// row-deterministic: a row's output and gradient are bit-identical whatever batch, padding or
+/// rayon thread count it is computed under (`fused_determinism`). Whole-model outputs are not
+/// bit-identical across batch shapes on either path, because candle's gemm blocks differently
+/// with the row count.
 pub(crate) fn fusable(t: &Tensor) -> bool {
     cpu_f32(t) && fused_enabled()
 }
@@ -38,8 +39,27 @@ fn cpu_f32(t: &Tensor) -> bool {
 }
 
 fn fused_enabled() -> bool {
+    #[cfg(test)]
+    if let Some(on) = FORCE.with(|f| f.get()) {
+        return on;
+    }
     static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("RLLR_FUSED").is_ok_and(|v| v == "1"))
+    *ENABLED.get_or_init(|| std::env::var("RLLR_FUSED").as_deref() != Ok("0"))
+}
+
+#[cfg(test)]
+thread_local! {
+    static FORCE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` on this thread with the fused kernels forced on or off (tests of both paths in one
+/// process; the environment switch is read once).
+#[cfg(test)]
+pub(crate) fn with_fused<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let before = FORCE.with(|c| c.replace(Some(on)));
+    let r = f();
+    FORCE.with(|c| c.set(before));
+    r
 }
 
 fn msg(s: &str) -> candle_core::Error {
@@ -478,6 +498,36 @@ fn mask_count(mask: &[f32]) -> f32 {
     mask.iter().sum::<f32>().max(1.0)
 }
 
+/// `f(r)` for each of `n` rows in order, in parallel when `elems` (the work) is large.
+fn per_row(n: usize, elems: usize, f: impl Fn(usize) -> f32 + Sync + Send) -> Vec<f32> {
+    if elems >= PAR_MIN {
+        (0..n).into_par_iter().map(f).collect()
+    } else {
+        (0..n).map(f).collect()
+    }
+}
+
+/// One row's loss `m·(lse − z[target])` (0 when masked out).
+fn ce_row_loss(z: &[f32], lse: f32, target: u32, m: f32) -> f32 {
+    if m == 0.0 {
+        0.0
+    } else {
+        m * (lse - z[target as usize])
+    }
+}
+
+/// One row of d loss / d logits, `m·(softmax(z) − onehot(target))` with `lse = logsumexp(z)`;
+/// left untouched (zeros) when masked out.
+fn ce_grad_row(d: &mut [f32], z: &[f32], lse: f32, target: u32, m: f32) {
+    if m == 0.0 {
+        return;
+    }
+    d.iter_mut()
+        .zip(z)
+        .for_each(|(d, z)| *d = m * (z - lse).exp());
+    d[target as usize] -= m;
+}
+
 impl CustomOp3 for MaskedCrossEntropy {
     fn name(&self) -> &'static str {
         "rllr-masked-cross-entropy"
@@ -498,12 +548,16 @@ impl CustomOp3 for MaskedCrossEntropy {
             .ok_or_else(|| msg("targets not contiguous"))?;
         let targets = &s2.as_slice::<u32>()?[a..b];
         let v = z.len() / mask.len().max(1);
-        let total: f32 = z
-            .par_chunks(v)
-            .zip(targets.par_iter().zip(mask.par_iter()))
-            .filter(|(_, (_, m))| **m != 0.0)
-            .map(|(zr, (t, m))| m * (log_sum_exp(zr) - zr[*t as usize]))
-            .sum();
+        // Per-row losses in parallel, then one sequential sum in row order: a rayon `sum` would
+        // add in a tree shaped by the thread count and work stealing (different bits per run).
+        let rows = per_row(mask.len(), z.len(), |r| {
+            let zr = &z[r * v..(r + 1) * v];
+            match mask[r] {
+                0.0 => 0.0,
+                m => ce_row_loss(zr, log_sum_exp(zr), targets[r], m),
+            }
+        });
+        let total: f32 = rows.iter().sum();
         Ok(storage(vec![total / mask_count(mask)], Shape::from(())))
     }
 
@@ -524,15 +578,9 @@ impl CustomOp3 for MaskedCrossEntropy {
                 let coef = g / mask_count(ms);
                 build(z, z.shape(), v, |r, d| {
                     let zr = &zs[r * v..(r + 1) * v];
-                    let m = ms[r] * coef;
-                    if m == 0.0 {
-                        return;
+                    if ms[r] != 0.0 {
+                        ce_grad_row(d, zr, log_sum_exp(zr), targets[r], ms[r] * coef);
                     }
-                    let lse = log_sum_exp(zr);
-                    d.iter_mut()
-                        .zip(zr)
-                        .for_each(|(d, z)| *d = m * (z - lse).exp());
-                    d[targets[r] as usize] -= m;
                 })
             })
         })?;
@@ -565,12 +613,110 @@ pub(crate) fn masked_cross_entropy(
 
 // ---- linear over a frozen weight -------------------------------------------------------------
 
-/// Hands on the already computed `x·Wᵀ` and, backward, returns only `g·W`: candle's matmul
-/// backward would also compute (and then drop) the gradient of the frozen weight, as costly as
-/// the forward matmul itself.
+// ---- LM head + masked cross-entropy ----------------------------------------------------------
+
+/// Rows of logits one chunk of [`LinearCrossEntropy`] materialises: (CE_CHUNK, V), 50 MB for a
+/// 49152-token vocabulary, instead of (N, V).
+const CE_CHUNK: usize = 256;
+
+/// `masked_cross_entropy(h·Wᵀ, targets, mask)` over a frozen W (V, H) without the (N, V) logits:
+/// the forward runs the LM head a chunk of rows at a time and, when `h` takes a gradient, also
+/// computes d loss / d h = (mask/count · (softmax − onehot))·W for the chunk, which the backward
+/// scales by the incoming (scalar) gradient. Neither the logits nor their gradient outlive a chunk.
+struct LinearCrossEntropy {
+    weight: Tensor,
+    targets: Vec<u32>,
+    mask: Vec<f32>,
+    grad: bool,
+    dh: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp1 for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "rllr-linear-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (n, hd) = l.shape().dims2()?;
+        let (h, wt) = (slice(s, l)?, self.weight.t()?);
+        let v = wt.dim(1)?;
+        let coef = 1.0 / mask_count(&self.mask);
+        let (mut losses, mut dh) = (Vec::with_capacity(n), Vec::new());
+        for r0 in (0..n).step_by(CE_CHUNK) {
+            let rows = CE_CHUNK.min(n - r0);
+            let hc = Tensor::from_slice(
+                &h[r0 * hd..(r0 + rows) * hd],
+                (rows, hd),
+                &candle_core::Device::Cpu,
+            )?;
+            let logits = hc.matmul(&wt)?;
+            let (tg, mk) = (&self.targets[r0..r0 + rows], &self.mask[r0..r0 + rows]);
+            let dz = with_f32(&logits, |zs| {
+                let lse = per_row(rows, zs.len(), |r| log_sum_exp(&zs[r * v..(r + 1) * v]));
+                losses.extend(
+                    zs.chunks(v)
+                        .enumerate()
+                        .map(|(r, zr)| ce_row_loss(zr, lse[r], tg[r], mk[r])),
+                );
+                if !self.grad {
+                    return Ok(None);
+                }
+                let dz = build(&logits, logits.shape(), v, |r, d| {
+                    ce_grad_row(d, &zs[r * v..(r + 1) * v], lse[r], tg[r], mk[r] * coef);
+                })?;
+                Ok(Some(dz))
+            })?;
+            if let Some(dz) = dz {
+                dh.push(dz.matmul(&self.weight)?);
+            }
+        }
+        if self.grad {
+            *self.dh.lock().map_err(|_| msg("poisoned"))? = Some(Tensor::cat(&dh, 0)?);
+        }
+        let total: f32 = losses.iter().sum();
+        Ok(storage(
+            vec![total / mask_count(&self.mask)],
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(&self, _h: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        let dh = self.dh.lock().map_err(|_| msg("poisoned"))?.take();
+        let dh = dh.ok_or_else(|| msg("rllr-linear-cross-entropy: one backward per forward"))?;
+        Ok(Some(dh.broadcast_mul(g)?))
+    }
+}
+
+/// Mean masked cross-entropy of the logits `h·Wᵀ`: h (N, H) f32, a frozen W (V, H), targets
+/// (N) and mask (N) as slices; never holds more than [`CE_CHUNK`] rows of logits.
+pub(crate) fn linear_cross_entropy(
+    h: &Tensor,
+    weight: &Tensor,
+    targets: Vec<u32>,
+    mask: Vec<f32>,
+) -> CResult<Tensor> {
+    let v = weight.dim(0)?;
+    if let Some(t) = targets.iter().find(|t| **t as usize >= v) {
+        return Err(msg(&format!(
+            "cross-entropy target {t} out of a vocabulary of {v}"
+        )));
+    }
+    let op = LinearCrossEntropy {
+        weight: weight.contiguous()?,
+        targets,
+        mask,
+        grad: h.track_op(),
+        dh: Mutex::new(None),
+    };
+    h.contiguous()?.apply_op1(op)
+}
+
+/// `x·Wᵀ` whose backward returns only `g·W`: candle's matmul backward would also compute (and
+/// then drop) the gradient of the frozen weight, as costly as the forward matmul itself. The
+/// forward is candle's own CPU matmul (same bits as `x.matmul(&w.t())`) writing straight into the
+/// op's output, so no copy of the (N, out) result is made.
 struct FrozenLinear {
     weight: Tensor,
-    out: Mutex<Option<Tensor>>,
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -578,23 +724,16 @@ impl CustomOp1 for FrozenLinear {
         "rllr-frozen-linear"
     }
 
-    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let y = self
-            .out
-            .lock()
-            .map_err(|_| msg("poisoned"))?
-            .take()
-            .ok_or_else(|| msg("rllr-frozen-linear runs once"))?;
-        let shape = y.shape().clone();
-        let (storage, layout) = y.storage_and_layout();
-        let copy = match &*storage {
-            Storage::Cpu(s) => match layout.contiguous_offsets() {
-                Some((0, n)) if n == shape.elem_count() => s.clone(),
-                _ => return Err(msg("rllr-frozen-linear: matmul output not contiguous")),
-            },
-            _ => return Err(msg("rllr-frozen-linear on a non-CPU tensor")),
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l.shape().dims2()?;
+        let wt = self.weight.t()?;
+        let n = wt.dim(1)?;
+        let (ws, wl) = wt.storage_and_layout();
+        let Storage::Cpu(w) = &*ws else {
+            return Err(msg("rllr-frozen-linear on a non-CPU weight"));
         };
-        Ok((copy, shape))
+        Ok((s.matmul(w, (1, m, n, k), l, wl)?, Shape::from((m, n))))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
@@ -606,15 +745,12 @@ impl CustomOp1 for FrozenLinear {
 /// is never computed; otherwise this is the plain matmul.
 pub(crate) fn frozen_linear(x: &Tensor, weight: &Tensor) -> CResult<Tensor> {
     // The forward is the same matmul either way, so this one needs no opt-in.
-    if !x.track_op() || weight.track_op() || !cpu_f32(x) {
+    if !x.track_op() || weight.track_op() || !cpu_f32(x) || !cpu_f32(weight) {
         return x.matmul(&weight.t()?);
     }
-    let y = x.detach().matmul(&weight.t()?)?;
-    let op = FrozenLinear {
+    x.apply_op1(FrozenLinear {
         weight: weight.clone(),
-        out: Mutex::new(Some(y)),
-    };
-    x.apply_op1(op)
+    })
 }
 
 #[cfg(test)]
@@ -726,5 +862,16 @@ mod tests {
         let f = |t: &[Tensor]| Ok(frozen_linear(&t[0], &w)?);
         let c = |t: &[Tensor]| Ok(t[0].matmul(&w.t()?)?);
         check("frozen_linear", &f, &c, &[rand(&[5, 7], 11)]);
+        // The forward is candle's matmul, bit for bit, for a contiguous and a transposed input.
+        let a = Var::from_tensor(&rand(&[5, 7], 12)).unwrap();
+        let b = Var::from_tensor(&rand(&[7, 5], 13)).unwrap();
+        for x in [a.as_tensor().clone(), b.as_tensor().t().unwrap()] {
+            let got = frozen_linear(&x, &w).unwrap();
+            let want = x.detach().matmul(&w.t().unwrap()).unwrap();
+            assert_eq!(
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap()
+            );
+        }
     }
 }

@@ -11,6 +11,8 @@ pub mod device;
 pub mod error;
 pub mod fsutil;
 mod fused;
+#[cfg(test)]
+mod fused_determinism;
 pub mod generate;
 pub mod gguf;
 pub mod response;

@@ -15,13 +15,7 @@ use crate::{Error, Result};
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let v = logits.dim(D::Minus1)?;
     let n = logits.elem_count() / v;
-    if targets.elem_count() != n || mask.elem_count() != n {
-        return Err(Error::Input(format!(
-            "cross-entropy: {n} positions of logits, {} targets, {} mask entries",
-            targets.elem_count(),
-            mask.elem_count()
-        )));
-    }
+    check_positions("logits", n, targets, mask)?;
     let logits = logits.reshape((n, v))?.to_dtype(DType::F32)?;
     let targets = targets.reshape(n)?.to_dtype(DType::U32)?;
     let mask = mask.reshape(n)?.to_dtype(DType::F32)?;
@@ -31,6 +25,18 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) ->
         )?);
     }
     composite(&logits, &targets.unsqueeze(1)?, &mask)
+}
+
+/// `targets` and `mask` must hold one entry per position of the `n` positions of `what`.
+pub(crate) fn check_positions(what: &str, n: usize, targets: &Tensor, mask: &Tensor) -> Result<()> {
+    if targets.elem_count() != n || mask.elem_count() != n {
+        return Err(Error::Input(format!(
+            "cross-entropy: {n} positions of {what}, {} targets, {} mask entries",
+            targets.elem_count(),
+            mask.elem_count()
+        )));
+    }
+    Ok(())
 }
 
 /// The reference path (plain candle ops): log-softmax, gather, masked mean; targets (N, 1).

@@ -20,7 +20,7 @@ use crate::rope::{self, Rope};
 use crate::{Config, Error, Result};
 
 /// Masked attention logits get this instead of -inf, so a fully masked (pad) row never yields NaN.
-const MASKED: f32 = -1e30;
+pub(crate) const MASKED: f32 = -1e30;
 
 /// Root-mean-square layer norm, computed in f32 as transformers does.
 pub struct RmsNorm {
@@ -396,6 +396,25 @@ impl Llama {
         let mut out = dims;
         *out.last_mut().expect("non-empty") = self.config.vocab_size;
         Ok(logits.reshape(out)?)
+    }
+
+    /// [`crate::loss::masked_cross_entropy`] of the LM logits of `h` (..., hidden), with targets
+    /// and mask shaped like `h` without its last dim. The same value as building the logits first,
+    /// but on the CPU in f32 the (N, vocab) logits and their gradient are never materialised
+    /// (the LM head runs a chunk of rows at a time), which is most of a training step's peak
+    /// memory on a large vocabulary.
+    pub fn lm_cross_entropy(&self, h: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if !(fused::fusable(h) && fused::fusable(w)) || w.track_op() {
+            return crate::loss::masked_cross_entropy(&self.lm_logits(h)?, targets, mask);
+        }
+        let hidden = h.dim(D::Minus1)?;
+        let n = h.elem_count() / hidden;
+        crate::loss::check_positions("hidden states", n, targets, mask)?;
+        let targets = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
+        let mask = mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let flat = h.reshape((n, hidden))?;
+        Ok(fused::linear_cross_entropy(&flat, w, targets, mask)?)
     }
 
     /// Rows of `h` (B, L, hidden) at column `cols[b]` of each row → (B, hidden).

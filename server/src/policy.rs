@@ -361,10 +361,12 @@ impl PolicyService for PolicyApi {
                 tokio::pin!(fut);
                 let mut ids = Vec::new();
                 let mut sent = 0usize;
-                let mut delta = |id: u32, ids: &mut Vec<u32>| -> Option<String> {
-                    ids.push(id);
+                // The text of the ids so far past what was sent: held back while it ends inside a
+                // multi-byte character, unless `flush` (the generation is over).
+                let mut delta = |ids: &[u32], flush: bool| -> Option<String> {
                     let t = text::decode(&model.tokenizer, ids).ok()?;
-                    if t.len() > sent && t.is_char_boundary(sent) && !t.ends_with('\u{FFFD}') {
+                    let ready = flush || !t.ends_with('\u{FFFD}');
+                    if t.len() > sent && t.is_char_boundary(sent) && ready {
                         let d = t[sent..].to_string();
                         sent = t.len();
                         Some(d)
@@ -372,19 +374,37 @@ impl PolicyService for PolicyApi {
                         None
                     }
                 };
-                loop {
+                let token = |d: String| v1::ClassifyStreamResponse {
+                    event: Some(v1::classify_stream_response::Event::Token(d)),
+                };
+                let result = loop {
                     tokio::select! {
+                        biased;
                         Some(id) = tok_rx.recv() => {
-                            if let Some(d) = delta(id, &mut ids) {
-                                let msg = v1::ClassifyStreamResponse { event: Some(v1::classify_stream_response::Event::Token(d)) };
-                                if out_tx.send(Ok(msg)).await.is_err() {
+                            ids.push(id);
+                            if let Some(d) = delta(&ids, false) {
+                                if out_tx.send(Ok(token(d))).await.is_err() {
                                     return; // client gone: dropping `fut` cancels the generation
                                 }
                             }
                         }
                         r = &mut fut => break r,
                     }
+                };
+                // The generation can finish with ids still queued (the engine sends the last
+                // token and the reply back to back, and `select!` may see the reply first):
+                // drain them and flush the tail, so the streamed text always spells the result.
+                while let Ok(id) = tok_rx.try_recv() {
+                    ids.push(id);
                 }
+                if result.is_ok() {
+                    if let Some(d) = delta(&ids, true) {
+                        if out_tx.send(Ok(token(d))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                result
             };
             let last = match result {
                 Ok(resp) => Ok(v1::ClassifyStreamResponse {
