@@ -110,7 +110,7 @@ overridable! {
             /// rlhf (rationale RM), rllr (label RM), rllr-mixed (min(r_label, λ) + r_rationale) or
             /// rllr-weighted (w·r_label + (1−w)·r_rationale).
             reward_mode: RewardMode = RewardMode::RllrMixed, "RLLR_REWARD_MODE";
-            /// λ of rllr-mixed in raw RM units, or "auto" (a percentile of the label RM's scores on
+            /// λ of rllr-mixed (ignored by the other modes) in raw RM units, or "auto" (a percentile of the label RM's scores on
             /// correct-label responses of `lambda_data`, logged and recorded in the report).
             lambda: Lambda = Lambda::Fixed(1.0), "RLLR_LAMBDA";
             /// Percentile (0–100) that `--lambda auto` takes.

@@ -437,12 +437,6 @@ pub fn run(args: &PpoArgs) -> anyhow::Result<()> {
             check_reward_model(d, what, &task, &model_dir)?;
         }
     }
-    if c.lambda == Lambda::Auto && !c.reward_mode.needs_label_rm() {
-        bail!(
-            "--lambda auto needs a label reward model; reward_mode {} has none",
-            c.reward_mode.name()
-        );
-    }
     let ckpt = stage::open_checkpoint(&model_dir, "--model", Some(&task))?;
     let mut loaded = stage::load(ckpt, &c.template, &tc.device, &tc.dtype)?;
     let prompts = encode_prompts(&loaded, &task, &examples, c.max_prompt_len)?;
