@@ -14,7 +14,7 @@ bin=target/release/rllr-train
 common=(ppo --config "$cfg" --output "$out" --max-steps "$steps" --save-every 2)
 "$bin" "${common[@]}" > "$out.log" 2>&1 &
 pid=$!
-until [ "$(wc -l < "$out/metrics.jsonl" 2>/dev/null || echo 0)" -ge 3 ]; do
+until [ -f "$out/metrics.jsonl" ] && [ "$(wc -l < "$out/metrics.jsonl")" -ge 3 ]; do
   kill -0 $pid 2>/dev/null || { echo "ppo exited early"; cat "$out.log"; exit 1; }
   sleep 1
 done
