@@ -193,7 +193,10 @@ async fn smollm2_embedded_default_serves_the_quickstart_models() {
         let p: Vec<f32> = c.probabilities.iter().map(|p| p.probability).collect();
         assert_eq!(p.len(), 2);
         assert!((p[0] + p[1] - 1.0).abs() < 1e-4, "{p:?}");
-        assert!((p[0] - p[1]).abs() > 1e-4, "an even split means the fork was missed: {p:?}");
+        assert!(
+            (p[0] - p[1]).abs() > 1e-4,
+            "an even split means the fork was missed: {p:?}"
+        );
     }
     server.shutdown(Duration::from_secs(5)).await.unwrap();
 }
