@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::ValueEnum;
 use rllr_core::checkpoint::{save_adapter, SCORE_HEAD};
 use rllr_core::dataset::{read_jsonl, Pair};
 use rllr_core::manifest::{Manifest, ModelKind};
@@ -18,9 +18,7 @@ use serde_json::{json, Map, Value};
 
 use crate::eval::{encode_pairs, pair_metrics, score_pairs, PairItem};
 use crate::stage;
-use crate::train::config::{
-    overridable, read_toml, required, LoraArgs, LoraSection, TrainArgs, TrainConfig,
-};
+use crate::train::config::{overridable, required, stage_args, LoraSection, TrainConfig};
 use crate::train::losses::{bradley_terry, divergent_span, divergent_span_loss};
 use crate::train::train_loop::{self, mix_seed, LoopOptions, MicroLoss, Objective};
 
@@ -81,23 +79,9 @@ pub struct RewardFile {
     pub lora: LoraSection,
 }
 
-#[derive(Args, Debug)]
-pub struct RewardArgs {
-    /// TOML config file with [reward], [train] and [lora] tables; flags override it.
-    #[arg(long, env = "RLLR_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Continue from the newest checkpoint in <output>/checkpoints.
-    #[arg(long, env = "RLLR_RESUME")]
-    pub resume: bool,
-    /// Exit (status 137, no final save) right after this step's checkpoint, as a crash would.
-    #[arg(long, hide = true, env = "RLLR_STOP_AFTER")]
-    pub stop_after: Option<usize>,
-    #[command(flatten)]
-    pub stage: RewardStageArgs,
-    #[command(flatten)]
-    pub train: TrainArgs,
-    #[command(flatten)]
-    pub lora: LoraArgs,
+stage_args! {
+    /// `rllr-train reward` arguments.
+    RewardArgs => RewardFile { reward: RewardStageArgs }
 }
 
 /// The pairwise objective through adapter + head `name`.
@@ -221,10 +205,7 @@ fn read_pairs(path: &std::path::Path, task: &TaskSpec, limit: usize) -> anyhow::
 }
 
 pub fn run(args: &RewardArgs) -> anyhow::Result<()> {
-    let mut file: RewardFile = read_toml(args.config.as_deref())?;
-    args.stage.apply(&mut file.reward);
-    args.train.apply(&mut file.train);
-    args.lora.apply(&mut file.lora);
+    let file = args.resolve()?;
     let (c, tc) = (&file.reward, &file.train);
     train_loop::validate(tc)?;
     let lora = file.lora.to_lora()?;

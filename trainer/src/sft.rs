@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::Args;
 use rllr_core::checkpoint::{save_adapter, save_model};
 use rllr_core::dataset::{read_examples, Example};
 use rllr_core::manifest::{Manifest, ModelKind};
@@ -16,9 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::eval::{evaluate_policy, PolicyEvalSpec};
 use crate::stage::{self, Loaded};
-use crate::train::config::{
-    overridable, read_toml, required, LoraArgs, LoraSection, TrainArgs, TrainConfig,
-};
+use crate::train::config::{overridable, required, stage_args, LoraSection, TrainConfig};
 use crate::train::losses::{shifted_targets, token_ce};
 use crate::train::train_loop::{self, LoopOptions, MicroLoss, Objective};
 
@@ -68,34 +65,9 @@ pub struct SftFile {
     pub lora: LoraSection,
 }
 
-#[derive(Args, Debug)]
-pub struct SftArgs {
-    /// TOML config file with [sft], [train] and [lora] tables; flags override it.
-    #[arg(long, env = "RLLR_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Continue from the newest checkpoint in <output>/checkpoints.
-    #[arg(long, env = "RLLR_RESUME")]
-    pub resume: bool,
-    /// Exit (status 137, no final save) right after this step's checkpoint, as a crash would.
-    #[arg(long, hide = true, env = "RLLR_STOP_AFTER")]
-    pub stop_after: Option<usize>,
-    #[command(flatten)]
-    pub stage: SftStageArgs,
-    #[command(flatten)]
-    pub train: TrainArgs,
-    #[command(flatten)]
-    pub lora: LoraArgs,
-}
-
-impl SftArgs {
-    /// File, then flags.
-    pub fn resolve(&self) -> anyhow::Result<SftFile> {
-        let mut f: SftFile = read_toml(self.config.as_deref())?;
-        self.stage.apply(&mut f.sft);
-        self.train.apply(&mut f.train);
-        self.lora.apply(&mut f.lora);
-        Ok(f)
-    }
+stage_args! {
+    /// `rllr-train sft` arguments.
+    SftArgs => SftFile { sft: SftStageArgs }
 }
 
 /// One tokenised training example: the loss covers `ids[prompt_len..]`.

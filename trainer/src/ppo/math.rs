@@ -150,6 +150,18 @@ pub struct LossParams {
     pub ratio_threshold: f64,
 }
 
+impl Default for LossParams {
+    /// The released settings (method.md §6.1): clip 0.2, value clip 0.2, vf_coef 0.1, threshold 10.
+    fn default() -> Self {
+        Self {
+            cliprange: 0.2,
+            cliprange_value: 0.2,
+            vf_coef: 0.1,
+            ratio_threshold: 10.0,
+        }
+    }
+}
+
 /// `logprobs` and `vpreds` carry gradients; the rest are constants of the rollout, all (N,) f32.
 pub fn ppo_loss(
     logprobs: &Tensor,
@@ -351,12 +363,7 @@ mod tests {
         // value 0: V 1.0, old 0.5 → clipped 0.7; R 0: max(1, 0.49) = 1
         // value 1: V 0.0, old 0.0 → 0.0; R 0.5: max(0.25, 0.25) = 0.25
         // vf = 0.5·(1 + 0.25)/2 = 0.3125; loss = 0.30484 + 0.1·0.3125
-        let p = LossParams {
-            cliprange: 0.2,
-            cliprange_value: 0.2,
-            vf_coef: 0.1,
-            ratio_threshold: 10.0,
-        };
+        let p = LossParams::default();
         let out = ppo_loss(
             lp.as_tensor(),
             vp.as_tensor(),
@@ -390,12 +397,7 @@ mod tests {
 
     #[test]
     fn ratio_threshold_zeroes_the_minibatch() {
-        let p = LossParams {
-            cliprange: 0.2,
-            cliprange_value: 0.2,
-            vf_coef: 0.1,
-            ratio_threshold: 10.0,
-        };
+        let p = LossParams::default();
         let out = ppo_loss(
             &t(&[3.0]),
             &t(&[0.0]),

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::Args;
 use rllr_core::checkpoint::{load_adapter, save_adapter};
 use rllr_core::dataset::{read_examples, Example};
 use rllr_core::manifest::{Manifest, ModelKind};
@@ -27,7 +26,7 @@ use rllr_core::{ForwardCtx, Llama, SamplingParams, StopCriteria};
 use serde_json::{json, Map, Value};
 
 use crate::stage::{self, Loaded};
-use crate::train::config::{read_toml, required, LoraArgs, TrainArgs, TrainConfig};
+use crate::train::config::{required, stage_args, TrainConfig};
 use crate::train::optim::{learning_rate, AdamW, AdamWParams};
 use crate::train::train_loop::{self, mix_seed, DataOrder};
 use config::{Lambda, PpoConfig, PpoFile, PpoStageArgs, RewardMode};
@@ -41,34 +40,9 @@ pub const VALUE: &str = "value";
 pub const RM_LABEL: &str = "rm_label";
 pub const RM_RATIONALE: &str = "rm_rationale";
 
-#[derive(Args, Debug)]
-pub struct PpoArgs {
-    /// TOML config file with [ppo], [train] and [lora] tables; flags override it.
-    #[arg(long, env = "RLLR_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Continue from the newest checkpoint in <output>/checkpoints.
-    #[arg(long, env = "RLLR_RESUME")]
-    pub resume: bool,
-    /// Exit (status 137, no final save) right after this step's checkpoint, as a crash would.
-    #[arg(long, hide = true, env = "RLLR_STOP_AFTER")]
-    pub stop_after: Option<usize>,
-    #[command(flatten)]
-    pub stage: PpoStageArgs,
-    #[command(flatten)]
-    pub train: TrainArgs,
-    #[command(flatten)]
-    pub lora: LoraArgs,
-}
-
-impl PpoArgs {
-    /// File, then flags.
-    pub fn resolve(&self) -> anyhow::Result<PpoFile> {
-        let mut f: PpoFile = read_toml(self.config.as_deref())?;
-        self.stage.apply(&mut f.ppo);
-        self.train.apply(&mut f.train);
-        self.lora.apply(&mut f.lora);
-        Ok(f)
-    }
+stage_args! {
+    /// `rllr-train ppo` arguments.
+    PpoArgs => PpoFile { ppo: PpoStageArgs }
 }
 
 /// What a finished PPO run reports (`report.json`).

@@ -3,7 +3,7 @@
 //! policy adapter, the value adapter and the value head, and the reward modes combine as §5.3.
 
 use candle_core::{DType, Device};
-use rllr_core::{Llama, LoraConfig, SamplingParams, StopCriteria};
+use rllr_core::{Llama, SamplingParams, StopCriteria};
 use serde_json::{json, Map, Value};
 
 use super::config::RewardMode;
@@ -12,7 +12,7 @@ use super::rollout::{Rollout, RolloutSpec};
 use super::step::{PpoState, StepSpec};
 use super::*;
 use crate::train::optim::ScheduleKind;
-use crate::train::testutil::{max_var_diff, tiny_config, tiny_train, tok};
+use crate::train::testutil::{max_var_diff, tiny_config, tiny_lora, tiny_train, tok};
 
 /// Reward: the share of response tokens in 10..18 (1/8 of the vocabulary at random).
 struct Rule;
@@ -34,27 +34,14 @@ impl RewardFn for Rule {
     }
 }
 
-fn lora(dropout: f32) -> LoraConfig {
-    LoraConfig {
-        r: 8,
-        lora_alpha: 16.0,
-        lora_dropout: dropout,
-        target_modules: rllr_core::lora::TARGETABLE
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        use_rslora: false,
-    }
-}
-
 /// Tiny base + fresh policy adapter + value adapter + value head; a frozen "reward" adapter too,
 /// to check it gets no gradient.
 fn ppo_model(dropout: f32) -> Llama {
     let mut m = Llama::random(&tiny_config(), 1, DType::F32, &Device::Cpu).unwrap();
-    m.add_adapter(POLICY, &lora(dropout), 5).unwrap();
-    m.add_adapter(VALUE, &lora(dropout), 6).unwrap();
+    m.add_adapter(POLICY, &tiny_lora(dropout), 5).unwrap();
+    m.add_adapter(VALUE, &tiny_lora(dropout), 6).unwrap();
     m.add_new_head(VALUE, true, 7).unwrap();
-    m.add_adapter(RM_LABEL, &lora(dropout), 8).unwrap();
+    m.add_adapter(RM_LABEL, &tiny_lora(dropout), 8).unwrap();
     m.set_adapter_trainable(RM_LABEL, false).unwrap();
     m
 }
@@ -72,12 +59,7 @@ fn spec(dropout: bool, mini: usize) -> StepSpec<'static> {
         pad: 0,
         gamma: 1.0,
         gae_lambda: 0.95,
-        loss: LossParams {
-            cliprange: 0.2,
-            cliprange_value: 0.2,
-            vf_coef: 0.1,
-            ratio_threshold: 10.0,
-        },
+        loss: LossParams::default(),
         ppo_epochs: 2,
         mini_batch_size: mini,
         score_norm: true,

@@ -52,6 +52,45 @@ macro_rules! overridable {
 }
 pub(crate) use overridable;
 
+/// Declares a training stage's command line: `--config FILE` (the stage's `[$table]`, `[train]` and
+/// `[lora]` tables), `--resume`, the hidden `--stop-after` crash switch, and every key of those
+/// tables as an override; `resolve()` reads the file, then applies the flags.
+macro_rules! stage_args {
+    ($(#[$meta:meta])* $name:ident => $file:ident { $table:ident: $stage:ty }) => {
+        $(#[$meta])*
+        #[derive(clap::Args, Debug)]
+        pub struct $name {
+            /// TOML config file with the stage's table, [train] and [lora]; flags override it.
+            #[arg(long, env = "RLLR_CONFIG")]
+            pub config: Option<std::path::PathBuf>,
+            /// Continue from the newest checkpoint in <output>/checkpoints.
+            #[arg(long, env = "RLLR_RESUME")]
+            pub resume: bool,
+            /// Exit (status 137, no final save) right after this step's checkpoint, as a crash would.
+            #[arg(long, hide = true, env = "RLLR_STOP_AFTER")]
+            pub stop_after: Option<usize>,
+            #[command(flatten)]
+            pub stage: $stage,
+            #[command(flatten)]
+            pub train: $crate::train::config::TrainArgs,
+            #[command(flatten)]
+            pub lora: $crate::train::config::LoraArgs,
+        }
+
+        impl $name {
+            /// File, then flags.
+            pub fn resolve(&self) -> anyhow::Result<$file> {
+                let mut f: $file = $crate::train::config::read_toml(self.config.as_deref())?;
+                self.stage.apply(&mut f.$table);
+                self.train.apply(&mut f.train);
+                self.lora.apply(&mut f.lora);
+                Ok(f)
+            }
+        }
+    };
+}
+pub(crate) use stage_args;
+
 overridable! {
     /// `[train]`: the optimisation loop shared by every stage (method.md §6.1 defaults).
     TrainConfig / TrainArgs {

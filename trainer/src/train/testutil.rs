@@ -16,10 +16,9 @@ pub fn tiny_config() -> Config {
     .unwrap()
 }
 
-/// A tiny random model with a fresh adapter `name` on every projection.
-pub fn tiny_model(name: &str, seed: u64, dropout: f32) -> Llama {
-    let mut m = Llama::random(&tiny_config(), 1, DType::F32, &Device::Cpu).unwrap();
-    let lora = LoraConfig {
+/// LoRA r 8, α 16 on every projection, with `dropout`.
+pub fn tiny_lora(dropout: f32) -> LoraConfig {
+    LoraConfig {
         r: 8,
         lora_alpha: 16.0,
         lora_dropout: dropout,
@@ -28,8 +27,13 @@ pub fn tiny_model(name: &str, seed: u64, dropout: f32) -> Llama {
             .map(|s| s.to_string())
             .collect(),
         use_rslora: false,
-    };
-    m.add_adapter(name, &lora, seed).unwrap();
+    }
+}
+
+/// A tiny random model with a fresh adapter `name` on every projection.
+pub fn tiny_model(name: &str, seed: u64, dropout: f32) -> Llama {
+    let mut m = Llama::random(&tiny_config(), 1, DType::F32, &Device::Cpu).unwrap();
+    m.add_adapter(name, &tiny_lora(dropout), seed).unwrap();
     m
 }
 
