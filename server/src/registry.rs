@@ -48,8 +48,6 @@ pub struct ModelEntry {
     /// Where the labels part ways in token space, spelled right after the prefix's space
     /// (`"label"`, index 0) and with the space (`" label"`, index 1).
     pub label_forks: [LabelFork; 2],
-    /// Both forks' label ids, concatenated: the engine keeps the logits of all of them every step.
-    pub label_first_ids: Vec<u32>,
     pub dtype: String,
     pub device: String,
     pub queue: QueueSender,
@@ -364,7 +362,6 @@ impl Registry {
                 .collect();
             label_fork(&seqs)
         });
-        let label_first_ids: Vec<u32> = label_forks.iter().flat_map(|f| f.ids.clone()).collect();
         let settings = BatchSettings {
             max_batch_tokens: self.cfg.max_batch_tokens,
             max_batch_size: self.cfg.max_batch_size,
@@ -378,7 +375,8 @@ impl Registry {
             adapter,
             pad_id,
             eos_ids,
-            label_first_ids: label_first_ids.clone(),
+            // both forks' label ids: the engine keeps their logits at every step
+            label_first_ids: label_forks.iter().flat_map(|f| f.ids.clone()).collect(),
         };
         let weak = Arc::downgrade(self);
         engine::spawn(model, spec, batcher, alive.clone(), move || {
@@ -409,7 +407,6 @@ impl Registry {
                 .unwrap_or_default(),
             tokenizer: Arc::new(tokenizer),
             eos_id,
-            label_first_ids,
             label_forks,
             dtype: self.cfg.dtype.clone(),
             device: self.cfg.device.clone(),
