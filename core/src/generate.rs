@@ -69,6 +69,18 @@ pub fn generate(
             )));
         }
     }
+    // The loop runs on a rayon worker: the kernels' parallel loops then share work with the other
+    // workers instead of waking the pool and putting this thread to sleep hundreds of times a step.
+    rayon::scope(|_| run(model, tokenizer, requests, ctx, pad_id))
+}
+
+fn run(
+    model: &Llama,
+    tokenizer: Option<&Tokenizer>,
+    requests: &[GenerationRequest],
+    ctx: &ForwardCtx,
+    pad_id: u32,
+) -> Result<Vec<Generation>> {
     let prompts: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
     let batch = Batch::new(&prompts, pad_id, PaddingSide::Left, model.device())?;
     let mut cache = KvCache::new(model.config().num_hidden_layers);

@@ -572,7 +572,7 @@ fn dequantize<R: Read + Seek>(
 pub fn unpermute(t: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
-    if n_head == 0 || rows % (2 * n_head) != 0 {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
         candle_core::bail!("{rows} rows cannot be split into {n_head} heads of rotary pairs");
     }
     let mut shape = vec![n_head, rows / n_head / 2, 2];

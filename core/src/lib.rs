@@ -17,6 +17,7 @@ pub mod generate;
 pub mod gguf;
 pub mod response;
 pub mod sampling;
+mod skinny;
 pub mod task;
 pub mod template;
 

@@ -188,10 +188,12 @@ impl LoraLinear {
                 }
                 _ => x2.clone(),
             };
+            // Scale the (N, r) product, not the (N, out) one: one full-width tensor less for
+            // the autograd graph to keep.
             let delta = xin
                 .matmul(&a.t()?)?
-                .matmul(&b.t()?)?
-                .affine(ad.scale, 0.0)?;
+                .affine(ad.scale, 0.0)?
+                .matmul(&b.t()?)?;
             y = (y + delta)?;
         }
         let mut out_dims = dims;
@@ -283,15 +285,23 @@ impl LoraLinear {
 
 /// Inverted dropout with a mask drawn from `seed` (deterministic, so resumed runs replay exactly).
 pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-        .collect();
+    if crate::fused::fusable(x) {
+        return Ok(crate::fused::dropout(x, p, seed)?);
+    }
+    let mask = dropout_mask(x.elem_count(), p, seed);
     let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
         .to_device(x.device())?
         .to_dtype(x.dtype())?;
     Ok(x.mul(&mask)?)
+}
+
+/// The inverted-dropout multipliers for `n` elements: 0 with probability `p`, else 1 / (1 − p).
+pub(crate) fn dropout_mask(n: usize, p: f32, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - p);
+    (0..n)
+        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+        .collect()
 }
 
 /// FNV-1a: a stable per-module salt for dropout seeds.

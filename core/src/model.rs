@@ -136,24 +136,31 @@ impl Attention {
         if let Some((cache, layer)) = cache {
             (k, v) = cache.append(layer, &k, &v)?;
         }
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if fused::infer_attention_fits(&q, &k, &v)? {
+            let bias = bias.reshape((b, l, k.dim(2)?))?;
+            let out = fused::infer_attention(&q, &k, &v, &bias, scale)?;
+            // (B, H, L, D) → (B, L, H·D); for a decode step (L = 1) that is a free reshape.
+            let out = out
+                .transpose(1, 2)?
+                .reshape((b, l, self.n_heads * self.head_dim))?;
+            return self.o_proj.forward(&out, ctx);
+        }
         // Grouped-query attention without copying K/V: view the query heads that share a KV head
         // as one longer sequence, (B, KV, rep·L, D).
         let rep = self.n_heads / self.n_kv;
         let t = k.dim(2)?;
         let qg = q.reshape((b, self.n_kv, rep * l, self.head_dim))?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = qg.matmul(&k.t()?)?.reshape((b, self.n_heads, l, t))?;
-        let probs = if fused::fusable(&scores) {
-            fused::masked_softmax(&scores, &bias.reshape((b, l, t))?, scale)?
+        let out = if fused::fusable(&qg) && fused::fusable(&k) && fused::fusable(&v) {
+            fused::attention(&qg, &k, &v, &bias.reshape((b, l, t))?, scale, self.n_heads)?
         } else {
-            masked_softmax_composite(&scores, &bias.reshape((b, 1, l, t))?, scale)?
+            let scores = qg.matmul(&k.t()?)?.reshape((b, self.n_heads, l, t))?;
+            let probs = masked_softmax_composite(&scores, &bias.reshape((b, 1, l, t))?, scale)?
+                .to_dtype(v.dtype())?
+                .reshape((b, self.n_kv, rep * l, t))?;
+            probs.matmul(&v)?
         };
-        let probs = probs
-            .to_dtype(v.dtype())?
-            .reshape((b, self.n_kv, rep * l, t))?;
-        let out = probs
-            .matmul(&v)?
-            .reshape((b, self.n_heads, l, self.head_dim))?;
+        let out = out.reshape((b, self.n_heads, l, self.head_dim))?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, l, self.n_heads * self.head_dim))?;

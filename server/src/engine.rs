@@ -86,16 +86,19 @@ impl Worker {
 
     fn run(&mut self) {
         while self.batcher.fill(self.live.is_empty()) || !self.live.is_empty() {
+            // The model work runs on a rayon worker (the kernels' parallel loops then share work
+            // within the pool instead of waking it and parking this thread every op); waiting
+            // for requests stays outside, so an idle engine holds no worker.
             let batch = self.batcher.next_score_batch();
             if !batch.is_empty() {
-                self.score(batch);
+                rayon::scope(|_| self.score(batch));
             }
             let admitted = self.batcher.admit_generations(self.live.len());
             if !admitted.is_empty() {
-                self.prefill(admitted);
+                rayon::scope(|_| self.prefill(admitted));
             }
             if !self.live.is_empty() {
-                self.step();
+                rayon::scope(|_| self.step());
             }
         }
         tracing::info!(model = %self.spec.model, "engine worker stopped");

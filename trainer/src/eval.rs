@@ -339,10 +339,37 @@ pub struct RewardEvalArgs {
     pub template: String,
     #[arg(long, env = "RLLR_OUTPUT")]
     pub output: Option<PathBuf>,
+    /// Also write every pair's two rewards as JSONL (`{"id", "chosen", "rejected"}`), so two reward
+    /// models scored on the same pairs can be compared pair by pair (e.g. a McNemar test).
+    #[arg(long, env = "RLLR_SCORES")]
+    pub scores: Option<PathBuf>,
     #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
     pub device: String,
     #[arg(long, env = "RLLR_DTYPE", default_value = "f32")]
     pub dtype: String,
+}
+
+/// One pair's rewards, as `eval reward --scores` writes them.
+#[derive(Serialize)]
+struct PairScore<'a> {
+    id: &'a str,
+    chosen: f32,
+    rejected: f32,
+}
+
+/// JSONL of every pair's rewards, in pair-file order.
+fn pair_scores_jsonl(pairs: &[Pair], chosen: &[f32], rejected: &[f32]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for ((p, &c), &r) in pairs.iter().zip(chosen).zip(rejected) {
+        let row = PairScore {
+            id: &p.id,
+            chosen: c,
+            rejected: r,
+        };
+        out.push_str(&serde_json::to_string(&row)?);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
@@ -481,6 +508,9 @@ fn run_reward(a: &RewardEvalArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&report)?.as_bytes(),
         )?;
     }
+    if let Some(path) = &a.scores {
+        rllr_core::fsutil::write_file_atomic(path, pair_scores_jsonl(&pairs, &c, &r)?.as_bytes())?;
+    }
     Ok(())
 }
 
@@ -508,5 +538,31 @@ mod tests {
         let r = pair_metrics(&[1.0, 0.5, 2.0], &[0.0, 0.5, 3.0]);
         assert!((r.accuracy - 1.0 / 3.0).abs() < 1e-12);
         assert!((r.margin - 0.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pair_scores_are_one_line_per_pair_in_order() {
+        let pair = |id: &str| -> Pair {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "task": "t", "kind": "label", "input": "x",
+                "chosen": "c", "rejected": "r", "chosen_label": "a", "rejected_label": "b"
+            }))
+            .unwrap()
+        };
+        let text =
+            pair_scores_jsonl(&[pair("p1"), pair("p2")], &[1.5, -2.0], &[0.25, 3.0]).unwrap();
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[0],
+            serde_json::json!({"id": "p1", "chosen": 1.5, "rejected": 0.25})
+        );
+        assert_eq!(
+            rows[1],
+            serde_json::json!({"id": "p2", "chosen": -2.0, "rejected": 3.0})
+        );
     }
 }

@@ -207,6 +207,7 @@ fn eval_reward(j: &EvalRewardJob, out: &Path) -> anyhow::Result<()> {
             batch_size: j.batch_size,
             template: j.template.clone(),
             output: Some(out.join("report.json")),
+            scores: Some(out.join("scores.jsonl")),
             device: j.device.clone(),
             dtype: j.dtype.clone(),
         }),

@@ -1,0 +1,445 @@
+//! `x·Wᵀ` for a handful of rows of x: the matmuls of a decode step.
+//!
+//! A batched decode step multiplies one row per live sequence (M = 1…32) by every weight matrix of
+//! the model. gemm's general path packs the weight into panels on every call, which at small M
+//! costs more than the multiplication itself (a batch of 8 took 5× the time of a batch of 1). This
+//! kernel streams each weight row once, straight from the row-major (out, in) layout the
+//! checkpoint stores, and dots it with every row of x while that row block sits in L1: a 4 × 4
+//! register tile of 16-lane AVX-512 accumulators, weight rows split across the rayon pool.
+//!
+//! Every output is the same sum in the same order whatever M is, so a row's result does not depend
+//! on the batch it is computed in. CPUs without AVX-512F (and M above [`MAX_ROWS`]) keep gemm.
+//!
+//! The one module of the crate with `unsafe`: AVX-512 intrinsics behind a runtime feature check,
+//! and tasks writing disjoint columns of one output buffer. Each block says why it is sound.
+#![allow(unsafe_code)]
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Above this many rows gemm's packed micro-kernels win (measured with `rllr-bench`).
+pub(crate) const MAX_ROWS: usize = 32;
+
+/// Rayon tasks per pool thread for one product.
+const TASKS_PER_THREAD: usize = 4;
+
+/// Is the kernel usable on this CPU (AVX-512F, checked once).
+pub(crate) fn available() -> bool {
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(detect)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> bool {
+    false
+}
+
+/// `y = x·wᵀ` with x (m, k) and w (n, k) row-major; returns y (m, n) row-major.
+///
+/// Panics if the slices do not hold those shapes or if [`available`] is false.
+pub(crate) fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "skinny: x is not ({m}, {k})");
+    assert_eq!(w.len(), n * k, "skinny: w is not ({n}, {k})");
+    assert!(available(), "skinny: needs AVX-512F");
+    let mut y = vec![0f32; m * n];
+    let out = OutPtr(y.as_mut_ptr());
+    // Four tasks per thread, in whole 4-row tiles: balanced, and few enough to stay cheap.
+    let per_task = n
+        .div_ceil(TASKS_PER_THREAD * rayon::current_num_threads())
+        .next_multiple_of(4);
+    let tasks = n.div_ceil(per_task);
+    let run = |t: usize| {
+        let (n0, n1) = (t * per_task, ((t + 1) * per_task).min(n));
+        // SAFETY: AVX-512F is present (asserted above); task t writes only columns n0..n1 of y,
+        // which no other task touches, and y outlives the loop.
+        unsafe { imp::columns(x, w, out, m, k, n, n0, n1) }
+    };
+    if tasks == 1 || m * n * k < (1 << 16) {
+        (0..tasks).for_each(run);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
+    y
+}
+
+/// The output buffer, shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (see `matmul_t`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `x·wᵀ` on the calling thread (the caller parallelises over many small products, e.g. one per
+/// KV head in a decode step's attention).
+pub(crate) fn matmul_t_serial(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "skinny: x is not ({m}, {k})");
+    assert_eq!(w.len(), n * k, "skinny: w is not ({n}, {k})");
+    assert!(available(), "skinny: needs AVX-512F");
+    let mut y = vec![0f32; m * n];
+    // SAFETY: AVX-512F is present; this call alone writes y, which outlives it.
+    unsafe { imp::columns(x, w, OutPtr(y.as_mut_ptr()), m, k, n, 0, n) };
+    y
+}
+
+/// `out = p·v` for p (m, t) and v (t, d) row-major: the probability-weighted sum of value rows.
+pub(crate) fn weighted_rows(p: &[f32], v: &[f32], m: usize, t: usize, d: usize, out: &mut [f32]) {
+    assert_eq!(p.len(), m * t, "skinny: p is not ({m}, {t})");
+    assert_eq!(v.len(), t * d, "skinny: v is not ({t}, {d})");
+    assert_eq!(out.len(), m * d, "skinny: out is not ({m}, {d})");
+    assert!(available(), "skinny: needs AVX-512F");
+    // SAFETY: AVX-512F is present; the shapes were checked above.
+    unsafe { imp::weighted_rows(p, v, m, t, d, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use std::arch::x86_64::*;
+
+    use super::OutPtr;
+
+    /// x rows per tile: 4 × 4 accumulators + 8 loaded vectors stay within the 32 vector
+    /// registers (a 4 × 6 tile measured slower: it spills).
+    const MB_MAX: usize = 4;
+
+    /// How many weight tiles ahead the prefetches run.
+    const PF_TILES: usize = 2;
+
+    /// Columns n0..n1 of y = x·wᵀ, in 4 × 4 tiles (weight rows × x rows).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn columns(
+        x: &[f32],
+        w: &[f32],
+        y: OutPtr,
+        m: usize,
+        k: usize,
+        n: usize,
+        n0: usize,
+        n1: usize,
+    ) {
+        let mut j = n0;
+        while j < n1 {
+            let nb = (n1 - j).min(4);
+            let mut i = 0;
+            while i < m {
+                let mb = (m - i).min(MB_MAX);
+                // The first x block of a weight tile prefetches the next tile's rows.
+                let pf = i == 0 && j + PF_TILES * nb < n1;
+                unsafe { tile_dispatch(nb, mb, pf, x, w, y, k, n, i, j) };
+                i += mb;
+            }
+            j += nb;
+        }
+    }
+
+    /// out (m, d) = p (m, t) · v (t, d), 64 output columns (four 16-lane accumulators) of one row
+    /// at a time: a broadcast probability times value-row vectors, four independent FMA chains.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_rows(
+        p: &[f32],
+        v: &[f32],
+        m: usize,
+        t: usize,
+        d: usize,
+        out: &mut [f32],
+    ) {
+        let mask = |c: usize| -> __mmask16 {
+            match d.saturating_sub(c) {
+                0 => 0,
+                n if n >= 16 => 0xffff,
+                n => ((1u32 << n) - 1) as __mmask16,
+            }
+        };
+        let mut c0 = 0;
+        while c0 < d {
+            let masks: [__mmask16; 4] = std::array::from_fn(|q| mask(c0 + 16 * q));
+            for r in 0..m {
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for j in 0..t {
+                    let pj = _mm512_set1_ps(p[r * t + j]);
+                    let row = v[j * d..].as_ptr();
+                    for q in 0..4 {
+                        // SAFETY: the mask keeps the load inside row j of v (a zero mask reads
+                        // nothing).
+                        let vj = unsafe {
+                            _mm512_maskz_loadu_ps(masks[q], row.wrapping_add(c0 + 16 * q))
+                        };
+                        acc[q] = _mm512_fmadd_ps(pj, vj, acc[q]);
+                    }
+                }
+                let dst = out[r * d..].as_mut_ptr();
+                for q in 0..4 {
+                    // SAFETY: the mask keeps the store inside row r of out.
+                    unsafe {
+                        _mm512_mask_storeu_ps(dst.wrapping_add(c0 + 16 * q), masks[q], acc[q])
+                    };
+                }
+            }
+            c0 += 64;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_dispatch(
+        nb: usize,
+        mb: usize,
+        pf: bool,
+        x: &[f32],
+        w: &[f32],
+        y: OutPtr,
+        k: usize,
+        n: usize,
+        i: usize,
+        j: usize,
+    ) {
+        macro_rules! go {
+            ($($nb:literal, $mb:literal);*) => {
+                match (nb, mb) {
+                    $(($nb, $mb) => unsafe { tile::<$nb, $mb>(pf, x, w, y, k, n, i, j) },)*
+                    _ => unreachable!("tile sizes are 1..=4"),
+                }
+            };
+        }
+        go!(4, 4; 4, 3; 4, 2; 4, 1; 3, 4; 3, 3; 3, 2; 3, 1;
+            2, 4; 2, 3; 2, 2; 2, 1; 1, 4; 1, 3; 1, 2; 1, 1);
+    }
+
+    /// y[i..i+MB, j..j+NB] = x[i..i+MB] · w[j..j+NB]ᵀ (prefetching the next NB weight rows when
+    /// `pf`): NB·MB 16-lane accumulators over k, the tail
+    /// (k % 16) through masked loads, then one horizontal sum each.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const NB: usize, const MB: usize>(
+        pf: bool,
+        x: &[f32],
+        w: &[f32],
+        y: OutPtr,
+        k: usize,
+        n: usize,
+        i: usize,
+        j: usize,
+    ) {
+        let wp: [*const f32; NB] = std::array::from_fn(|r| w[(j + r) * k..].as_ptr());
+        let xp: [*const f32; MB] = std::array::from_fn(|c| x[(i + c) * k..].as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); MB]; NB];
+        let full = k / 16 * 16;
+        let mut p = 0;
+        while p < full {
+            if pf {
+                // A hint (never faults): the same cache line of the next tile's rows, so DRAM
+                // streams the weights while this tile computes.
+                for row in wp {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        row.wrapping_add(PF_TILES * NB * k + p) as *const i8
+                    );
+                }
+            }
+            // SAFETY: p + 16 <= k, inside every row.
+            let wv: [__m512; NB] =
+                std::array::from_fn(|r| unsafe { _mm512_loadu_ps(wp[r].add(p)) });
+            let xv: [__m512; MB] =
+                std::array::from_fn(|c| unsafe { _mm512_loadu_ps(xp[c].add(p)) });
+            for r in 0..NB {
+                for c in 0..MB {
+                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv[c], acc[r][c]);
+                }
+            }
+            p += 16;
+        }
+        if p < k {
+            let mask: __mmask16 = (1u32 << (k - p)).wrapping_sub(1) as __mmask16;
+            // SAFETY: the mask only reads the k - p elements left in each row.
+            let wv: [__m512; NB] =
+                std::array::from_fn(|r| unsafe { _mm512_maskz_loadu_ps(mask, wp[r].add(p)) });
+            let xv: [__m512; MB] =
+                std::array::from_fn(|c| unsafe { _mm512_maskz_loadu_ps(mask, xp[c].add(p)) });
+            for r in 0..NB {
+                for c in 0..MB {
+                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv[c], acc[r][c]);
+                }
+            }
+        }
+        let mut full = [[_mm512_setzero_ps(); 4]; 4];
+        for r in 0..NB {
+            full[r][..MB].copy_from_slice(&acc[r]);
+        }
+        let sums: [f32; 16] = std::mem::transmute(reduce_4x4(&full));
+        for c in 0..MB {
+            for r in 0..NB {
+                // SAFETY: (i + c, j + r) is inside y (m, n); this task owns column j + r.
+                unsafe { *y.0.add((i + c) * n + j + r) = sums[4 * c + r] };
+            }
+        }
+    }
+
+    /// The 16 lane sums of a[r][c], as one vector with the sum of a[r][c] at 4c + r: a transposing
+    /// add tree (about 30 shuffles and adds instead of 16 separate horizontal sums). Every sum
+    /// adds its lanes in the same order whatever its position, so bits do not depend on the tile.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn reduce_4x4(a: &[[__m512; 4]; 4]) -> __m512 {
+        // Level 1: pairs of accumulators; 256-bit halves added → [a', a'', b', b''] in 128-bit lanes.
+        let flat: [__m512; 16] = std::array::from_fn(|i| a[i / 4][i % 4]);
+        let l1: [__m512; 8] = std::array::from_fn(|i| {
+            let (x, y) = (flat[2 * i], flat[2 * i + 1]);
+            let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y);
+            let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y);
+            _mm512_add_ps(lo, hi)
+        });
+        // Level 2: four accumulators per vector, one 128-bit lane (4 partial sums) each.
+        let l2: [__m512; 4] = std::array::from_fn(|i| {
+            let (x, y) = (l1[2 * i], l1[2 * i + 1]);
+            let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+            let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
+            _mm512_add_ps(lo, hi)
+        });
+        // Level 3: within 128-bit lanes, interleave two vectors and add (4 → 2 sums per lane).
+        let t0 = _mm512_add_ps(
+            _mm512_unpacklo_ps(l2[0], l2[1]),
+            _mm512_unpackhi_ps(l2[0], l2[1]),
+        );
+        let t1 = _mm512_add_ps(
+            _mm512_unpacklo_ps(l2[2], l2[3]),
+            _mm512_unpackhi_ps(l2[2], l2[3]),
+        );
+        // Level 4: 64-bit interleave and add: lane L, element e = total of accumulator 4e + L.
+        let (p0, p1) = (_mm512_castps_pd(t0), _mm512_castps_pd(t1));
+        _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(p0, p1)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(p0, p1)),
+        )
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod imp {
+    use super::OutPtr;
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn columns(
+        _x: &[f32],
+        _w: &[f32],
+        _y: OutPtr,
+        _m: usize,
+        _k: usize,
+        _n: usize,
+        _n0: usize,
+        _n1: usize,
+    ) {
+        unreachable!("skinny::available() is false off x86_64")
+    }
+
+    pub(super) unsafe fn weighted_rows(
+        _p: &[f32],
+        _v: &[f32],
+        _m: usize,
+        _t: usize,
+        _d: usize,
+        _out: &mut [f32],
+    ) {
+        unreachable!("skinny::available() is false off x86_64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// f64 reference.
+    fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                    .sum();
+                y[i * n + j] = s as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matches_a_f64_reference_for_every_tile_and_tail_shape() {
+        if !available() {
+            eprintln!("skipped: no AVX-512F on this CPU");
+            return;
+        }
+        // Row counts 1..=9 hit every tile size; k with and without a 16-tail; n crossing the
+        // per-task boundary and not a multiple of 4.
+        for (m, k, n) in [
+            (1, 16, 4),
+            (3, 7, 5),
+            (5, 40, 131),
+            (8, 576, 70),
+            (9, 33, 200),
+        ] {
+            for m in [1, m] {
+                let x = rand(m * k, 1 + m as u64);
+                let w = rand(n * k, 2 + k as u64);
+                let got = matmul_t(&x, &w, m, k, n);
+                let want = reference(&x, &w, m, k, n);
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff <= 1e-4, "({m}, {k}, {n}): max |Δ| {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_rows_matches_a_f64_reference() {
+        if !available() {
+            eprintln!("skipped: no AVX-512F on this CPU");
+            return;
+        }
+        for (m, t, d) in [(1, 1, 16), (3, 5, 64), (2, 9, 40), (2, 4, 100)] {
+            let p = rand(m * t, 5);
+            let v = rand(t * d, 6);
+            let mut got = vec![0f32; m * d];
+            weighted_rows(&p, &v, m, t, d, &mut got);
+            for r in 0..m {
+                for c in 0..d {
+                    let want: f64 = (0..t)
+                        .map(|j| p[r * t + j] as f64 * v[j * d + c] as f64)
+                        .sum();
+                    let diff = (got[r * d + c] as f64 - want).abs();
+                    assert!(diff <= 1e-5, "({m}, {t}, {d}) [{r}, {c}]: |Δ| {diff}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_in_any_batch() {
+        if !available() {
+            eprintln!("skipped: no AVX-512F on this CPU");
+            return;
+        }
+        let (k, n) = (100, 300);
+        let x = rand(7 * k, 3);
+        let w = rand(n * k, 4);
+        let all = matmul_t(&x, &w, 7, k, n);
+        for i in 0..7 {
+            let one = matmul_t(&x[i * k..(i + 1) * k], &w, 1, k, n);
+            assert_eq!(one, all[i * n..(i + 1) * n], "row {i}");
+        }
+    }
+}
