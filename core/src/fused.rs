@@ -1129,8 +1129,7 @@ mod tests {
 
     #[test]
     fn inference_attention_matches_composite_on_cache_views() {
-        if !skinny::available() {
-            eprintln!("skipped: no AVX-512F on this CPU");
+        if skinny::tests::skip_without_avx512() {
             return;
         }
         let (b, kv, rep, d) = (3, 2, 3, 16);
