@@ -1000,6 +1000,31 @@ fn skinny_linear(x: &Tensor, weight: &Tensor) -> CResult<Tensor> {
     Tensor::from_vec(y, (m, n), x.device())
 }
 
+/// Inference `x·Wᵢᵀ` for several frozen weights of one decode-sized input in one skinny dispatch
+/// (the q, k and v projections of a decode step); `None` when that path does not apply (tracked
+/// or larger inputs, other devices or dtypes, no AVX-512): the caller then runs them one by one.
+pub(crate) fn frozen_linear_many(x: &Tensor, weights: &[&Tensor]) -> CResult<Option<Vec<Tensor>>> {
+    let frozen = |w: &Tensor| !w.track_op() && cpu_f32(w) && w.is_contiguous();
+    if x.track_op() || !fusable(x) || !skinny_fits(x)? || !weights.iter().all(|w| frozen(w)) {
+        return Ok(None);
+    }
+    let (m, k) = x.dims2()?;
+    let guards: Vec<_> = weights.iter().map(|w| w.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(weights.len());
+    for (storage, layout) in &guards {
+        let Storage::Cpu(s) = &**storage else {
+            return Ok(None);
+        };
+        slices.push(slice(s, layout)?);
+    }
+    let ys = with_f32(x, |xs| Ok(skinny::matmul_t_many(xs, &slices, m, k)))?;
+    ys.into_iter()
+        .zip(weights)
+        .map(|(y, w)| Tensor::from_vec(y, (m, w.dim(0)?), x.device()))
+        .collect::<CResult<Vec<_>>>()
+        .map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     //! Gradient check: every fused kernel against its composite reference, forward and backward.

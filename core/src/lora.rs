@@ -169,13 +169,45 @@ impl LoraLinear {
 
     /// `x·Wᵀ (+ b) (+ scale · dropout(x)·Aᵀ·Bᵀ)` for x of shape (..., in).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = *dims
-            .last()
-            .ok_or_else(|| Error::Input("linear input has no dims".into()))?;
-        let rows = x.elem_count() / in_dim;
-        let x2 = x.reshape((rows, in_dim))?;
-        let mut y = crate::fused::frozen_linear(&x2, &self.weight)?;
+        let (x2, dims) = rows(x)?;
+        let y = crate::fused::frozen_linear(&x2, &self.weight)?;
+        self.finish(&x2, y, dims, ctx)
+    }
+
+    /// Several projections of the same x (q, k and v): for a decode-sized input their base
+    /// products run as one kernel dispatch (fused QKV without a concatenated weight), otherwise
+    /// one after the other; biases and adapters are added per projection either way.
+    pub fn forward_many<const N: usize>(
+        lins: [&LoraLinear; N],
+        x: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Result<[Tensor; N]> {
+        let (x2, dims) = rows(x)?;
+        let weights = lins.map(|l| &l.weight);
+        let bases = match crate::fused::frozen_linear_many(&x2, &weights)? {
+            Some(b) => b,
+            None => weights
+                .iter()
+                .map(|w| crate::fused::frozen_linear(&x2, w))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        };
+        let outs = lins
+            .iter()
+            .zip(bases)
+            .map(|(l, y)| l.finish(&x2, y, dims.clone(), ctx))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(outs.try_into().expect("one output per projection"))
+    }
+
+    /// Bias and adapter on top of the base product `y` (rows, out) of `x2` (rows, in), reshaped
+    /// back to x's leading `dims`.
+    fn finish(
+        &self,
+        x2: &Tensor,
+        mut y: Tensor,
+        mut dims: Vec<usize>,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -184,7 +216,7 @@ impl LoraLinear {
             let b = AdapterWeights::tensor(&ad.b, ad.trainable);
             let xin = match ctx.dropout_seed {
                 Some(seed) if ad.dropout > 0.0 => {
-                    dropout(&x2, ad.dropout, seed ^ hash_str(&self.path))?
+                    dropout(x2, ad.dropout, seed ^ hash_str(&self.path))?
                 }
                 _ => x2.clone(),
             };
@@ -196,9 +228,8 @@ impl LoraLinear {
                 .matmul(&b.t()?)?;
             y = (y + delta)?;
         }
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
-        Ok(y.reshape(out_dims)?)
+        *dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        Ok(y.reshape(dims)?)
     }
 
     /// Add adapter `name` with given `A (r, in)` and `B (out, r)` weights.
@@ -293,6 +324,15 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
         .to_device(x.device())?
         .to_dtype(x.dtype())?;
     Ok(x.mul(&mask)?)
+}
+
+/// x (..., in) as (rows, in), and x's dims.
+fn rows(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+    let dims = x.dims().to_vec();
+    let in_dim = *dims
+        .last()
+        .ok_or_else(|| Error::Input("linear input has no dims".into()))?;
+    Ok((x.reshape((x.elem_count() / in_dim, in_dim))?, dims))
 }
 
 /// The inverted-dropout multipliers for `n` elements: 0 with probability `p`, else 1 / (1 − p).

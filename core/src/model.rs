@@ -126,13 +126,11 @@ impl Attention {
         let (b, l, _) = x.dims3()?;
         // (B, L, heads·D) → (B, L, heads, D): a view; RoPE writes the (B, heads, L, D) layout.
         let split = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim));
-        let q = split(self.q_proj.forward(x, ctx)?, self.n_heads)?;
-        let k = split(self.k_proj.forward(x, ctx)?, self.n_kv)?;
-        let q = rope::apply_heads(&q, cos, sin)?;
-        let mut k = rope::apply_heads(&k, cos, sin)?;
-        let mut v = split(self.v_proj.forward(x, ctx)?, self.n_kv)?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let [q, k, v] =
+            LoraLinear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x, ctx)?;
+        let q = rope::apply_heads(&split(q, self.n_heads)?, cos, sin)?;
+        let mut k = rope::apply_heads(&split(k, self.n_kv)?, cos, sin)?;
+        let mut v = split(v, self.n_kv)?.transpose(1, 2)?.contiguous()?;
         if let Some((cache, layer)) = cache {
             (k, v) = cache.append(layer, &k, &v)?;
         }

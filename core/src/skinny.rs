@@ -46,28 +46,51 @@ fn detect() -> bool {
 ///
 /// Panics if the slices do not hold those shapes or if [`available`] is false.
 pub(crate) fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    assert_eq!(x.len(), m * k, "skinny: x is not ({m}, {k})");
     assert_eq!(w.len(), n * k, "skinny: w is not ({n}, {k})");
+    matmul_t_many(x, &[w], m, k)
+        .pop()
+        .expect("one weight, one output")
+}
+
+/// `x·wᵢᵀ` for several weights (n_i, k) at once, e.g. the q, k and v projections of a decode step:
+/// one pool dispatch whose tasks cover the rows of all of them. Returns one (m, n_i) output each.
+///
+/// Panics if a slice is not a whole number of k-wide rows or if [`available`] is false.
+pub(crate) fn matmul_t_many(x: &[f32], ws: &[&[f32]], m: usize, k: usize) -> Vec<Vec<f32>> {
+    assert_eq!(x.len(), m * k, "skinny: x is not ({m}, {k})");
+    assert!(
+        ws.iter().all(|w| w.len() % k == 0),
+        "skinny: a weight is not (n, {k})"
+    );
     assert!(available(), "skinny: needs AVX-512F");
-    let mut y = vec![0f32; m * n];
-    let out = OutPtr(y.as_mut_ptr());
-    // Four tasks per thread, in whole 4-row tiles: balanced, and few enough to stay cheap.
-    let per_task = n
+    let ns: Vec<usize> = ws.iter().map(|w| w.len() / k).collect();
+    let mut ys: Vec<Vec<f32>> = ns.iter().map(|n| vec![0f32; m * n]).collect();
+    let outs: Vec<OutPtr> = ys.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
+    // Four tasks per thread over all the rows, in whole 4-row tiles of one weight each.
+    let total: usize = ns.iter().sum();
+    let per_task = total
         .div_ceil(TASKS_PER_THREAD * rayon::current_num_threads())
         .next_multiple_of(4);
-    let tasks = n.div_ceil(per_task);
-    let run = |t: usize| {
-        let (n0, n1) = (t * per_task, ((t + 1) * per_task).min(n));
-        // SAFETY: AVX-512F is present (asserted above); task t writes only columns n0..n1 of y,
-        // which no other task touches, and y outlives the loop.
-        unsafe { imp::columns(x, w, out, m, k, n, n0, n1) }
+    let tasks: Vec<(usize, usize, usize)> = ns
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| {
+            (0..n)
+                .step_by(per_task)
+                .map(move |n0| (i, n0, (n0 + per_task).min(n)))
+        })
+        .collect();
+    let run = |&(i, n0, n1): &(usize, usize, usize)| {
+        // SAFETY: AVX-512F is present (asserted above); a task writes only columns n0..n1 of
+        // output i, which no other task touches, and the outputs outlive the loop.
+        unsafe { imp::columns(x, ws[i], outs[i], m, k, ns[i], n0, n1) }
     };
-    if tasks == 1 || m * n * k < (1 << 16) {
-        (0..tasks).for_each(run);
+    if tasks.len() == 1 || m * total * k < (1 << 16) {
+        tasks.iter().for_each(run);
     } else {
-        (0..tasks).into_par_iter().for_each(run);
+        tasks.par_iter().for_each(run);
     }
-    y
+    ys
 }
 
 /// The output buffer, shared by tasks that write disjoint columns.
@@ -412,6 +435,24 @@ pub(crate) mod tests {
                 let diff = max_diff(&got, &reference(&x, &w, m, k, n));
                 assert!(diff <= 1e-4, "({m}, {k}, {n}): max |Δ| {diff}");
             }
+        }
+    }
+
+    #[test]
+    fn many_weights_match_one_at_a_time() {
+        if skip_without_avx512() {
+            return;
+        }
+        let (m, k) = (5, 48);
+        let x = rand(m * k, 7);
+        let ws: Vec<Vec<f32>> = [36, 12, 300]
+            .iter()
+            .map(|&n| rand(n * k, n as u64))
+            .collect();
+        let refs: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
+        let many = matmul_t_many(&x, &refs, m, k);
+        for (w, y) in ws.iter().zip(&many) {
+            assert_eq!(*y, matmul_t(&x, w, m, k, w.len() / k));
         }
     }
 
