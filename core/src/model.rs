@@ -184,8 +184,7 @@ impl Mlp {
 
     /// SwiGLU: `down(silu(gate(x)) · up(x))`.
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, ctx)?;
-        let up = self.up_proj.forward(x, ctx)?;
+        let [gate, up] = LoraLinear::forward_many([&self.gate_proj, &self.up_proj], x, ctx)?;
         let h = if fused::fusable(&gate) {
             fused::swiglu(&gate, &up)?
         } else {
