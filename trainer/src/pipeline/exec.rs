@@ -75,7 +75,7 @@ fn rationales(j: &RationalesJob, out: &Path) -> anyhow::Result<()> {
     let r = &j.rationales;
     let task = task_args(&j.task, &j.tasks_dir);
     let spec = task.load()?;
-    for (split, raw, limit) in &j.splits {
+    for (split, raw, limit, teacher_limit) in &j.splits {
         let records = out.join("records").join(format!("{split}.jsonl"));
         crate::rationalize::run(&RationalizeArgs {
             task: task_args(&j.task, &j.tasks_dir),
@@ -87,7 +87,7 @@ fn rationales(j: &RationalesJob, out: &Path) -> anyhow::Result<()> {
                 TeacherChoice::Local => TeacherKind::Local,
             },
             wrong_labels: r.wrong_labels.parse().map_err(anyhow::Error::msg)?,
-            limit: (*limit > 0).then_some(*limit),
+            limit: (*teacher_limit > 0).then_some(*teacher_limit),
             seed: j.seed,
             chunk: r.chunk,
             openai: OpenAiArgs {
@@ -103,10 +103,10 @@ fn rationales(j: &RationalesJob, out: &Path) -> anyhow::Result<()> {
             local: LocalArgs {
                 model: r.local_model.clone(),
                 template: "auto".into(),
-                batch_size: 8,
+                batch_size: r.local_batch_size,
                 max_new_tokens: r.max_new_tokens,
                 temperature: 0.0,
-                device: "cpu".into(),
+                device: j.device.clone(),
             },
         })?;
         let mut examples = read_examples(raw, &spec)?;

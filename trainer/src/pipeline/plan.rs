@@ -69,9 +69,14 @@ pub enum Job {
 pub struct RationalesJob {
     pub task: String,
     pub tasks_dir: PathBuf,
-    /// (split, raw file, limit; 0 = all).
-    pub splits: Vec<(String, PathBuf, usize)>,
+    /// (split, raw file, slice limit, teacher limit; 0 = all). The teacher writes rationales for
+    /// the first `teacher limit` examples of the slice: on the test split only the held-out RM
+    /// pairs read them, so it stops at `[eval] pairs_limit` while the policies are evaluated on
+    /// the whole slice.
+    pub splits: Vec<(String, PathBuf, usize, usize)>,
     pub seed: u64,
+    /// Where the `local` teacher runs ([pipeline] device).
+    pub device: String,
     pub rationales: RationalesSection,
 }
 
@@ -258,9 +263,16 @@ fn rationales_stage(
         tasks_dir: t.tasks_dir.clone(),
         splits: limits
             .iter()
-            .map(|(s, n)| (s.to_string(), t.split(s), *n))
+            .map(|(s, n)| {
+                let teacher = match (*s, f.eval.pairs_limit) {
+                    ("test", p) if p > 0 && (*n == 0 || p < *n) => p,
+                    _ => *n,
+                };
+                (s.to_string(), t.split(s), *n, teacher)
+            })
             .collect(),
         seed: run.seed,
+        device: run.device.clone(),
         rationales: f.rationales.clone(),
     };
     let mut inputs = vec![Input::File(t.spec())];
@@ -408,6 +420,7 @@ fn ppo_stage(
             ("reward_model_rationale", c.reward_model_rationale.is_some()),
             ("value_model", c.value_model.is_some()),
             ("lambda_data", c.lambda_data.is_some()),
+            ("dev", c.dev.is_some()),
             ("output", c.output.is_some()),
         ],
     )?;
@@ -417,6 +430,7 @@ fn ppo_stage(
     f.ppo.model = Some(d.model("sft"));
     f.ppo.task = Some(t.spec());
     f.ppo.train = Some(d.rat("train"));
+    f.ppo.dev = Some(d.rat("dev"));
     f.ppo.output = Some(d.of(&name));
     f.ppo.template = run.template.clone();
     f.train = shared_train(run, &file.train);

@@ -162,8 +162,17 @@ overridable! {
             dropout: bool = true, "RLLR_PPO_DROPOUT";
             /// Chat template (auto: from the checkpoint).
             template: String = "auto".into(), "RLLR_TEMPLATE";
+            /// Dev examples the trained policy answers greedily at the end (0: all of `dev`), so
+            /// a policy can be chosen on dev without touching the test split.
+            dev_limit: usize = 0, "RLLR_DEV_LIMIT";
+            /// Token budget of those dev answers.
+            dev_max_new_tokens: usize = 64, "RLLR_DEV_MAX_NEW_TOKENS";
+            /// Prompts per generation batch of the dev answers.
+            dev_batch_size: usize = 32, "RLLR_DEV_BATCH_SIZE";
         }
         optional {
+            /// Dev examples (task JSONL) for the final greedy evaluation; unset: none.
+            dev: PathBuf, "RLLR_DEV";
             /// The frozen base and reference: M_sft.
             model: PathBuf, "RLLR_MODEL";
             /// Task spec file.

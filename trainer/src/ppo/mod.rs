@@ -64,6 +64,8 @@ pub struct PpoReport {
     /// rollout/label_accuracy, objective/kl).
     pub first_quarter: Value,
     pub last_quarter: Value,
+    /// Greedy answers of the trained policy on `dev` (when given).
+    pub dev: Option<crate::eval::PolicyReport>,
 }
 
 /// Check the settings that need no model, before anything is loaded.
@@ -471,6 +473,7 @@ pub fn run(args: &PpoArgs) -> anyhow::Result<()> {
         std::process::exit(137);
     };
     report.lambda_source = lambda_source;
+    report.dev = dev_eval(&loaded, &task, c)?;
     let mut manifest = Manifest::new(ModelKind::Policy, "ppo");
     manifest.task = Some(task.name.clone());
     manifest.labels = task.labels.iter().map(|l| l.name.clone()).collect();
@@ -507,6 +510,44 @@ pub fn run(args: &PpoArgs) -> anyhow::Result<()> {
         report.last_quarter
     );
     Ok(())
+}
+
+/// The trained policy's greedy answers on `c.dev` (none when unset), for choosing a policy on dev.
+fn dev_eval(
+    loaded: &Loaded,
+    task: &TaskSpec,
+    c: &PpoConfig,
+) -> anyhow::Result<Option<crate::eval::PolicyReport>> {
+    let Some(path) = &c.dev else {
+        return Ok(None);
+    };
+    let mut dev = read_examples(path, task)?;
+    if c.dev_limit > 0 {
+        dev.truncate(c.dev_limit);
+    }
+    let spec = crate::eval::PolicyEvalSpec {
+        task,
+        template: &loaded.template,
+        tokenizer: &loaded.tokenizer,
+        eos: &loaded.eos,
+        pad: loaded.pad,
+        max_new_tokens: c.dev_max_new_tokens,
+        batch_size: c.dev_batch_size,
+        hint: None,
+    };
+    let r = crate::eval::evaluate_policy(
+        &loaded.model,
+        &ForwardCtx::with_adapter(POLICY),
+        &dev,
+        &spec,
+    )?;
+    eprintln!(
+        "ppo: dev accuracy {:.3} ({} examples, {:.1} % unparseable)",
+        r.accuracy,
+        r.n,
+        100.0 * r.unparseable_rate
+    );
+    Ok(Some(r))
 }
 
 /// The loop: returns `None` when `--stop-after` stopped it (the caller exits as a crash would).
@@ -771,6 +812,7 @@ pub fn run_loop(
         last,
         first_quarter: first_q,
         last_quarter: last_q,
+        dev: None,
     }))
 }
 
