@@ -13,7 +13,7 @@ use rllr_core::task::TaskSpec;
 use serde::Serialize;
 
 use super::reward::{self, best_index, RewardModelsArgs, Rewards};
-use super::sample::{sample_k, SamplerArgs};
+use super::sample::{sample_k, temperature_as_written, SamplerArgs};
 use crate::eval::{evaluate_policy, PolicyEvalSpec};
 
 /// Best-of-N accuracy when the sample with the highest reward X is the answer.
@@ -98,7 +98,7 @@ pub fn report(
     DiagnoseReport {
         n_prompts: correct.len(),
         k,
-        temperature: (f64::from(temperature) * 1e6).round() / 1e6,
+        temperature: temperature_as_written(temperature),
         auc_label: auc(&flat(|r| r.label), &flat_c),
         auc_rationale: auc(&flat(|r| r.rationale), &flat_c),
         auc_mixed: auc(&flat(|r| r.mixed), &flat_c),
@@ -273,7 +273,7 @@ pub(crate) mod tests {
 
     #[test]
     fn report_has_exactly_the_agreed_fields() {
-        let r = report(1, 1.0, &[vec![true]], &[vec![w(0.0, 0.0)]], 1.0, None);
+        let r = report(1, 0.7, &[vec![true]], &[vec![w(0.0, 0.0)]], 1.0, None);
         let v = serde_json::to_value(&r).unwrap();
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         keys.sort();
@@ -294,6 +294,7 @@ pub(crate) mod tests {
             ]
         );
         assert!(v["auc_label"].is_null() && v["lambda"].is_null());
+        assert_eq!(v["temperature"].as_f64(), Some(0.7), "as written");
         assert_eq!(v["best_of_n"].as_object().unwrap().len(), 3);
     }
 

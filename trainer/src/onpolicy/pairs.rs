@@ -23,7 +23,7 @@ use rllr_core::dataset::{read_examples, write_jsonl, Example, Pair, PairKind};
 use rllr_core::task::TaskSpec;
 use serde::Serialize;
 
-use super::sample::{sample_k, Sample, SamplerArgs};
+use super::sample::{sample_k, temperature_as_written, Sample, SamplerArgs};
 use crate::pairs::{check_distinct, PairError};
 use crate::stage;
 
@@ -41,7 +41,7 @@ pub struct PairOptions {
 pub struct OnPolicySummary {
     pub prompts: usize,
     pub k: usize,
-    pub temperature: f32,
+    pub temperature: f64,
     pub seed: u64,
     pub samples: usize,
     /// Share of samples with a parseable answer line.
@@ -215,7 +215,7 @@ pub fn run(a: &OnPolicyArgs) -> anyhow::Result<()> {
     };
     let mut built = build_pairs(&task, &examples, &samples, opts)?;
     built.summary.k = spec.k;
-    built.summary.temperature = spec.temperature;
+    built.summary.temperature = temperature_as_written(spec.temperature);
     built.summary.seed = spec.seed;
     std::fs::create_dir_all(&a.out_dir)?;
     write_jsonl(&a.out_dir.join("label.jsonl"), &built.label)?;

@@ -175,6 +175,11 @@ impl Sample {
     }
 }
 
+/// A temperature as written (`0.7`, not the f32's `0.699999988…`), for reports.
+pub fn temperature_as_written(t: f32) -> f64 {
+    t.to_string().parse().unwrap_or(f64::from(t))
+}
+
 /// The seed of sample `j` of example `i`.
 pub fn sample_seed(seed: u64, i: usize, j: usize) -> u64 {
     mix_seed(&[seed, i as u64, j as u64, 0x0b5])
