@@ -22,8 +22,8 @@ pub const SAMPLER: &str = "sampler";
 /// Which policy samples, and how.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SamplerArgs {
-    /// The policy whose own samples are wanted: M_sft (`<sft run>/model`); the reward models
-    /// must have been trained on it.
+    /// The policy whose own samples are wanted: M_sft (`<sft run>/model`), the model the reward
+    /// models are (or will be) trained on.
     #[arg(long, env = "RLLR_MODEL")]
     pub model: PathBuf,
     /// PEFT adapter applied on top of --model for sampling (e.g. a PPO policy); none: --model itself.
