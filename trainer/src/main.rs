@@ -1,5 +1,5 @@
 //! `rllr-train`: the offline half of rllr, one subcommand per job (convert, data, rationalize,
-//! pairs, sft, reward, eval, ppo, pipeline). Each flag can also come from an `RLLR_*` environment variable, so runs are scriptable
+//! pairs, sft, reward, eval, diagnose, best-of-n, ppo, pipeline). Each flag can also come from an `RLLR_*` environment variable, so runs are scriptable
 //! and reproducible from a shell file or a job spec.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use rllr_core::gguf::{base_manifest, import_gguf_with_progress, write_hf_checkpo
 mod data;
 mod eval;
 mod generate;
+mod onpolicy;
 mod pairs;
 mod pipeline;
 mod ppo;
@@ -63,6 +64,12 @@ enum Command {
     Reward(Box<reward::RewardArgs>),
     /// Evaluate a policy on a task split or a reward model on a pair file.
     Eval(eval::EvalArgs),
+    /// Before PPO: how well the label, rationale and mixed rewards rank M_sft's own samples on
+    /// dev (AUC against correctness, best-of-N, oracle, greedy accuracy).
+    Diagnose(Box<onpolicy::diagnose::DiagnoseArgs>),
+    /// Best-of-N under the mixed reward as a policy: M_sft samples N answers per prompt, the
+    /// highest min(r_label, λ) + r_rationale is the answer, scored like `eval policy`.
+    BestOfN(Box<onpolicy::best_of_n::BestOfNArgs>),
     /// PPO of a LoRA policy on M_sft against the label-sensitive (RLLR), rationale-sensitive (RLHF)
     /// or mixed reward, with a value model initialised from a reward model.
     Ppo(Box<ppo::PpoArgs>),
@@ -127,6 +134,8 @@ fn main() -> ExitCode {
         Command::Sft(args) => sft::run(&args),
         Command::Reward(args) => reward::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Diagnose(args) => onpolicy::diagnose::run(&args),
+        Command::BestOfN(args) => onpolicy::best_of_n::run(&args),
         Command::Ppo(args) => ppo::run(&args),
         Command::Pipeline(args) => pipeline::run(&args),
     };

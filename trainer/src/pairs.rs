@@ -9,6 +9,7 @@
 //!   the training split, for reward-model accuracy.
 //!
 //! Rationales come from the examples themselves and from `rllr-train rationalize` output files.
+//! On-policy pairs (M_sft's own samples) are built in [`crate::onpolicy::pairs`].
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -191,7 +192,7 @@ pub fn test_pairs(
     label_pairs(task, test, pool, WrongLabels::All, seed)
 }
 
-fn check_distinct(pairs: &[Pair]) -> Result<(), PairError> {
+pub(crate) fn check_distinct(pairs: &[Pair]) -> Result<(), PairError> {
     match pairs.iter().find(|p| p.chosen == p.rejected) {
         Some(p) => Err(PairError::Invalid(format!(
             "pair '{}' has chosen == rejected",
@@ -306,6 +307,9 @@ pub enum PairsCommand {
     /// Held-out label-sensitive test pairs (every wrong label) for reward-model accuracy; refuses
     /// a test set that shares an input with the training set.
     Test(TestArgs),
+    /// On-policy label and rationale pairs from k samples of M_sft per prompt (right answer ≻
+    /// wrong answer; gold rationale ≻ gold-labelled sample), instead of teacher rationales.
+    OnPolicy(Box<crate::onpolicy::pairs::OnPolicyArgs>),
 }
 
 /// Inputs every pair builder takes.
@@ -412,6 +416,7 @@ pub fn run(args: &PairsArgs) -> anyhow::Result<()> {
             let b = test_pairs(&task, &exs, &train, &pool, a.inputs.seed)?;
             write_pairs(&a.inputs, &b.pairs, b.incomplete.len())
         }
+        PairsCommand::OnPolicy(a) => crate::onpolicy::pairs::run(a),
     }
 }
 

@@ -168,8 +168,14 @@ pub fn check_pairs(pairs: &[Pair], task: &TaskSpec, path: &Path) -> anyhow::Resu
                 task.name
             );
         }
+        // An on-policy label pair may reject an unparseable sample: rejected_label "" (no label).
+        let unlabelled =
+            p.kind == rllr_core::dataset::PairKind::Label && p.rejected_label.is_empty();
         task.label_index(&p.chosen_label)
-            .and_then(|_| task.label_index(&p.rejected_label))
+            .and_then(|_| match unlabelled {
+                true => Ok(0),
+                false => task.label_index(&p.rejected_label),
+            })
             .with_context(|| format!("{}: record {}", path.display(), i + 1))?;
         if p.chosen.trim().is_empty() || p.rejected.trim().is_empty() {
             bail!("{}: record {}: empty response", path.display(), i + 1);
@@ -210,5 +216,21 @@ mod tests {
         // 30 + 10 > 20: max_src = ⌊20·30/40⌋ = 15, max_tgt = ⌊20·10/40⌋ = 5
         assert_eq!(proportional_cut(30, 10, 20), (15, 5));
         assert_eq!(proportional_cut(7, 7, 9), (4, 4));
+    }
+
+    #[test]
+    fn check_pairs_lets_only_a_label_pair_reject_an_unlabelled_answer() {
+        let task = crate::train::testutil::toy_task();
+        let pair = |kind: &str, rejected_label: &str| -> Pair {
+            serde_json::from_value(serde_json::json!({
+                "id": "p", "task": "toy", "kind": kind, "input": "x", "chosen": "c\nAnswer: hot",
+                "rejected": "no answer", "chosen_label": "hot", "rejected_label": rejected_label
+            }))
+            .unwrap()
+        };
+        let path = Path::new("pairs.jsonl");
+        assert!(check_pairs(&[pair("label", "")], &task, path).is_ok());
+        assert!(check_pairs(&[pair("rationale", "")], &task, path).is_err());
+        assert!(check_pairs(&[pair("label", "warm")], &task, path).is_err());
     }
 }

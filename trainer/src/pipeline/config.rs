@@ -156,24 +156,100 @@ impl Default for RationalesSection {
     }
 }
 
-/// `[pairs]`: how label, rationale and held-out test pairs are built (`rllr-train pairs`).
+/// Where the label and rationale pairs the reward models train on come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairSource {
+    /// Rationales for the correct and the wrong labels from the `[rationales]` teacher (or the
+    /// data): `pairs label` and `pairs rationale`, before SFT.
+    Teacher,
+    /// M_sft's own samples (`pairs on-policy`), so the stage runs after `sft`.
+    OnPolicy,
+}
+
+/// `[pairs]`: how label, rationale and held-out test pairs are built (`rllr-train pairs`). The
+/// held-out `test.jsonl` is always built from the data (`pairs test`), whatever the source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PairsSection {
-    /// Wrong labels per example of the label pairs: `all` or a count.
+    /// `teacher` (default) or `on-policy`.
+    pub source: PairSource,
+    /// Teacher: wrong labels per example of the label pairs, `all` or a count.
     pub wrong_labels: String,
-    /// Source-rank judge of the rationale pairs, best first.
+    /// Teacher: source-rank judge of the rationale pairs, best first.
     pub prefer: Vec<String>,
-    /// Offer wrong-label rationales as the worse rationale (ComVE's confusing reasons).
+    /// Teacher: offer wrong-label rationales as the worse rationale (ComVE's confusing reasons).
     pub wrong_label_rationales: bool,
+    /// On-policy: samples of M_sft per training prompt.
+    pub k: usize,
+    /// On-policy: sampling temperature (PPO's rollouts: 1.0).
+    pub temperature: f32,
+    /// On-policy: sampling top-k (PPO's rollouts: 50; 0: off).
+    pub top_k: usize,
+    /// On-policy: response length cap of a sample.
+    pub max_new_tokens: usize,
+    /// On-policy: at most this many pairs per prompt and kind.
+    pub pairs_per_prompt: usize,
+    /// On-policy: sample the first N training prompts (0: the whole train slice).
+    pub limit: usize,
+    /// On-policy: an unparseable sample may be the rejected side of a label pair.
+    pub unparseable_rejected: bool,
+    /// On-policy: prompts per generate call.
+    pub batch_size: usize,
 }
 
 impl Default for PairsSection {
     fn default() -> Self {
         Self {
+            source: PairSource::Teacher,
             wrong_labels: "all".into(),
             prefer: vec!["human".into(), "openai:".into(), "local:".into()],
             wrong_label_rationales: false,
+            k: 8,
+            temperature: 1.0,
+            top_k: 50,
+            max_new_tokens: 256,
+            pairs_per_prompt: 2,
+            limit: 0,
+            unparseable_rejected: true,
+            batch_size: 4,
+        }
+    }
+}
+
+/// `[diagnose]`: M_sft's own samples scored by both reward models before PPO (the `diagnose`
+/// stage, dev slice), and the `eval-best-of-n` policy (test slice, `[eval] limit`), which uses
+/// the same sampling settings with N = `k`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnoseSection {
+    /// Samples per prompt (N of best-of-N).
+    pub k: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub max_new_tokens: usize,
+    /// Dev prompts the diagnostics sample (0: the whole dev slice).
+    pub limit: usize,
+    /// Prompts per generate call.
+    pub batch_size: usize,
+    /// Sequences per reward-model forward.
+    pub score_batch_size: usize,
+    /// Test prompts of `eval-best-of-n` (0: the `[eval] limit`): N samples a prompt cost N
+    /// greedy answers, so a CPU run may rank fewer prompts than the greedy evaluations answer.
+    pub best_of_n_limit: usize,
+}
+
+impl Default for DiagnoseSection {
+    fn default() -> Self {
+        Self {
+            k: 8,
+            temperature: 1.0,
+            top_k: 50,
+            max_new_tokens: 256,
+            limit: 64,
+            batch_size: 4,
+            score_batch_size: 8,
+            best_of_n_limit: 0,
         }
     }
 }
@@ -232,6 +308,8 @@ pub struct PipelineFile {
     pub ppo: PpoFile,
     #[serde(default)]
     pub eval: EvalSection,
+    #[serde(default)]
+    pub diagnose: DiagnoseSection,
 }
 
 /// The file as read, with each task's settings resolved.
@@ -339,6 +417,21 @@ mod tests {
             l.per_task[1].0.split("test"),
             PathBuf::from("data/esnli/test.jsonl")
         );
+    }
+
+    #[test]
+    fn pairs_source_reads_teacher_and_on_policy() {
+        let l = parse(MINIMAL, "t").unwrap();
+        assert_eq!(l.file.pairs.source, PairSource::Teacher);
+        let text =
+            format!("{MINIMAL}[pairs]\nsource = \"on-policy\"\nk = 4\npairs_per_prompt = 1\n");
+        let p = parse(&text, "t").unwrap().file.pairs;
+        assert_eq!(
+            (p.source, p.k, p.pairs_per_prompt),
+            (PairSource::OnPolicy, 4, 1)
+        );
+        assert!(parse(&format!("{MINIMAL}[pairs]\nsource = \"student\"\n"), "t").is_err());
+        assert!(parse(&format!("{MINIMAL}[diagnose]\nkk = 3\n"), "t").is_err());
     }
 
     #[test]

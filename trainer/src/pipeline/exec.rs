@@ -1,6 +1,6 @@
 //! Running one planned stage in-process: SFT, reward and PPO read the stage config file the
-//! pipeline wrote (`--config`, `--resume`), the rationale, pair and evaluation stages are called
-//! with their arguments built from the plan. PPO goes through [`Runners`] so tests can stand in
+//! pipeline wrote (`--config`, `--resume`), the rationale, pair, diagnose and evaluation stages
+//! are called with their arguments built from the plan. PPO goes through [`Runners`] so tests can stand in
 //! for it.
 
 use std::path::Path;
@@ -10,9 +10,16 @@ use std::collections::HashMap;
 
 use rllr_core::dataset::{read_examples, write_jsonl, Example, Rationale};
 
-use super::plan::{EvalPolicyJob, EvalRewardJob, Job, PairsJob, RationalesJob, Stage};
+use super::plan::{
+    EvalPolicyJob, EvalRewardJob, Job, OnPolicyJob, PairsJob, RationalesJob, SampledJob, Stage,
+};
 use crate::data::cli::TaskArgs;
 use crate::eval::{EvalArgs, EvalWhat, PolicyArgs, RewardEvalArgs};
+use crate::onpolicy::best_of_n::BestOfNArgs;
+use crate::onpolicy::diagnose::DiagnoseArgs;
+use crate::onpolicy::pairs::OnPolicyArgs;
+use crate::onpolicy::reward::RewardModelsArgs;
+use crate::onpolicy::sample::SamplerArgs;
 use crate::pairs::{LabelArgs, PairInputs, PairsArgs, PairsCommand, RationaleArgs, TestArgs};
 use crate::ppo::PpoArgs;
 use crate::rationalize::{LocalArgs, OpenAiArgs, RationaleRecord, RationalizeArgs, TeacherKind};
@@ -59,6 +66,54 @@ pub fn run_stage(s: &Stage, config: &Path, resume: bool, runners: &Runners) -> a
         Job::Pairs(j) => pairs(j, &s.out),
         Job::EvalPolicy(j) => eval_policy(j, &s.out),
         Job::EvalReward(j) => eval_reward(j, &s.out),
+        Job::Diagnose(j) => crate::onpolicy::diagnose::run(&DiagnoseArgs {
+            task: j.task.clone(),
+            data: j.data.clone(),
+            limit: j.limit,
+            sampler: sampler(j),
+            rewards: rewards(j),
+            output: s.out.clone(),
+        }),
+        Job::BestOfN(j) => crate::onpolicy::best_of_n::run(&BestOfNArgs {
+            task: j.task.clone(),
+            data: j.data.clone(),
+            limit: j.limit,
+            sampler: sampler(j),
+            rewards: rewards(j),
+            output: s.out.clone(),
+        }),
+    }
+}
+
+/// The sampler of a diagnose / best-of-N job: M_sft with `[diagnose]`'s settings.
+fn sampler(j: &SampledJob) -> SamplerArgs {
+    let d = &j.sampling;
+    SamplerArgs {
+        model: j.model.clone(),
+        adapter: None,
+        k: d.k,
+        temperature: d.temperature,
+        top_k: d.top_k,
+        max_new_tokens: d.max_new_tokens,
+        batch_size: d.batch_size,
+        seed: j.seed,
+        template: j.template.clone(),
+        device: j.device.clone(),
+        dtype: j.dtype.clone(),
+    }
+}
+
+fn rewards(j: &SampledJob) -> RewardModelsArgs {
+    RewardModelsArgs {
+        reward_model: j.reward_model.clone(),
+        reward_model_rationale: j.reward_model_rationale.clone(),
+        lambda: j.lambda,
+        lambda_from: j.lambda_from.clone(),
+        lambda_data: Some(j.lambda_data.clone()),
+        lambda_percentile: j.lambda_percentile,
+        lambda_limit: j.lambda_limit,
+        lambda_cutoff: j.lambda_cutoff,
+        score_batch_size: j.sampling.score_batch_size,
     }
 }
 
@@ -145,7 +200,8 @@ pub fn merge_records(examples: &mut [Example], records: &[RationaleRecord]) {
     }
 }
 
-/// `pairs label`, `pairs rationale` and `pairs test` into `<out>/{label,rationale,test}.jsonl`.
+/// `pairs label` and `pairs rationale` (teacher) or `pairs on-policy` (M_sft's samples), and
+/// `pairs test`, into `<out>/{label,rationale,test}.jsonl`.
 fn pairs(j: &PairsJob, out: &Path) -> anyhow::Result<()> {
     let inputs = |data: &Path, name: &str| PairInputs {
         task: task_args(&j.task, &j.tasks_dir),
@@ -155,25 +211,52 @@ fn pairs(j: &PairsJob, out: &Path) -> anyhow::Result<()> {
         seed: j.seed,
     };
     let p = &j.pairs;
-    let commands = [
-        PairsCommand::Label(LabelArgs {
-            inputs: inputs(&j.train, "label"),
-            wrong_labels: p.wrong_labels.parse().map_err(anyhow::Error::msg)?,
-        }),
-        PairsCommand::Rationale(RationaleArgs {
-            inputs: inputs(&j.train, "rationale"),
-            prefer: p.prefer.clone(),
-            wrong_label_rationales: p.wrong_label_rationales,
-        }),
-        PairsCommand::Test(TestArgs {
-            inputs: inputs(&j.test, "test"),
-            train: j.train.clone(),
-        }),
-    ];
+    let mut commands = match &j.on_policy {
+        Some(o) => vec![PairsCommand::OnPolicy(Box::new(on_policy(j, o, out)))],
+        None => vec![
+            PairsCommand::Label(LabelArgs {
+                inputs: inputs(&j.train, "label"),
+                wrong_labels: p.wrong_labels.parse().map_err(anyhow::Error::msg)?,
+            }),
+            PairsCommand::Rationale(RationaleArgs {
+                inputs: inputs(&j.train, "rationale"),
+                prefer: p.prefer.clone(),
+                wrong_label_rationales: p.wrong_label_rationales,
+            }),
+        ],
+    };
+    commands.push(PairsCommand::Test(TestArgs {
+        inputs: inputs(&j.test, "test"),
+        train: j.train.clone(),
+    }));
     for command in commands {
         crate::pairs::run(&PairsArgs { command }).context("building pairs")?;
     }
     Ok(())
+}
+
+fn on_policy(j: &PairsJob, o: &OnPolicyJob, out: &Path) -> OnPolicyArgs {
+    OnPolicyArgs {
+        task: task_args(&j.task, &j.tasks_dir),
+        data: j.train.clone(),
+        limit: o.limit,
+        sampler: SamplerArgs {
+            model: o.model.clone(),
+            adapter: None,
+            k: o.k,
+            temperature: o.temperature,
+            top_k: o.top_k,
+            max_new_tokens: o.max_new_tokens,
+            batch_size: o.batch_size,
+            seed: j.seed,
+            template: o.template.clone(),
+            device: o.device.clone(),
+            dtype: o.dtype.clone(),
+        },
+        pairs_per_prompt: o.pairs_per_prompt,
+        unparseable_rejected: o.unparseable_rejected,
+        out_dir: out.to_path_buf(),
+    }
 }
 
 fn eval_policy(j: &EvalPolicyJob, out: &Path) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! `rllr-train pipeline CONFIG`: the whole method in one command (method.md §1). For every task
 //! of the config it plans the stages (rationales → pairs → SFT without and with rationales → RM
-//! label and RM rationale → PPO rlhf, rllr, rllr-mixed → evaluation on the test split), skips the
+//! label and RM rationale → diagnose → PPO rlhf, rllr, rllr-mixed → evaluation on the test split,
+//! best-of-N included; on-policy pairs come after SFT), skips the
 //! ones whose stamp says their outputs are current, runs the rest in-process with their resolved
 //! config written under `<run_dir>/configs/`, times each, and writes `report.{md,json}`.
 
@@ -145,7 +146,7 @@ pub fn run_with(args: &PipelineArgs, runners: &Runners) -> anyhow::Result<()> {
                 (format!("skipped ({why})"), recorded)
             }
             Decision::Run(why) if args.dry_run => {
-                println!("{head} ... would run ({why})");
+                println!("{head} ... would run ({why})\n      {}", plan::describe(s));
                 rerun.push(s.out.clone());
                 (format!("planned ({why})"), None)
             }
@@ -340,6 +341,21 @@ mod tests {
     }
 
     #[test]
+    fn dry_run_plans_on_policy_pairs_without_a_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), "source = \"on-policy\"\n");
+        let mut a = args(&cfg);
+        a.dry_run = true;
+        a.only.clear();
+        std::fs::remove_file(dir.path().join("model/config.json")).unwrap();
+        run_with(&a, &Runners::default()).unwrap();
+        assert!(
+            !dir.path().join("run/comve").exists(),
+            "dry run writes nothing"
+        );
+    }
+
+    #[test]
     fn only_selects_names_and_groups() {
         let only = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
         assert!(selected(&[], "sft"));
@@ -347,6 +363,8 @@ mod tests {
         assert!(!selected(&only("sft"), "sft-norat"));
         assert!(selected(&only("ppo"), "ppo-rllr-mixed"));
         assert!(selected(&only("eval"), "eval-rm-label"));
+        assert!(selected(&only("eval"), "eval-best-of-n"));
+        assert!(selected(&only("diagnose"), "diagnose"));
         assert!(selected(&only("rm"), "rm-label"));
         assert!(!selected(&only("ppo"), "pairs"));
     }

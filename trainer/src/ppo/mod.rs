@@ -120,7 +120,12 @@ fn validate(c: &PpoConfig, tc: &TrainConfig) -> anyhow::Result<()> {
 }
 
 /// Open a reward-model directory and check it is one, for `task`, trained on `base`.
-fn check_reward_model(dir: &Path, what: &str, task: &TaskSpec, base: &Path) -> anyhow::Result<()> {
+pub fn check_reward_model(
+    dir: &Path,
+    what: &str,
+    task: &TaskSpec,
+    base: &Path,
+) -> anyhow::Result<()> {
     if !dir.join("adapter_config.json").is_file() {
         bail!(
             "{what} {}: not a reward model directory (no adapter_config.json; give the model/ folder of an `rllr-train reward` run)",
@@ -221,18 +226,29 @@ fn encode_prompts(
     Ok(out)
 }
 
-/// λ for `--lambda auto` (D7): the percentile of the label RM's scores on the gold (correct-label,
-/// human-rationale) responses of held-out examples.
-fn calibrate_lambda(
+/// How `lambda = "auto"` is calibrated (D7); PPO and the on-policy diagnostics share it.
+pub struct LambdaSpec<'a> {
+    /// Held-out examples whose gold responses (human rationale + gold label) are scored.
+    pub data: &'a Path,
+    /// Score at most this many examples (0: all).
+    pub limit: usize,
+    /// The percentile (0–100) of the scores that becomes λ.
+    pub percentile: f64,
+    /// Token cap of prompt + response (proportional cut, method.md §2.3).
+    pub cutoff: usize,
+}
+
+/// λ for `--lambda auto` (D7): the percentile of the label RM's scores (adapter and head
+/// [`RM_LABEL`]) on the gold (correct-label, human-rationale) responses of held-out examples.
+pub fn calibrate_lambda(
     loaded: &Loaded,
     task: &TaskSpec,
-    c: &PpoConfig,
+    spec: &LambdaSpec,
 ) -> anyhow::Result<(f64, String)> {
-    let path = required(&c.lambda_data, "lambda_data")
-        .context("--lambda auto scores held-out correct-label responses")?;
-    let mut examples = read_examples(&path, task)?;
-    if c.lambda_limit > 0 {
-        examples.truncate(c.lambda_limit);
+    let path = spec.data;
+    let mut examples = read_examples(path, task)?;
+    if spec.limit > 0 {
+        examples.truncate(spec.limit);
     }
     let mut seqs = Vec::new();
     for ex in &examples {
@@ -244,8 +260,7 @@ fn calibrate_lambda(
             &stage::prompt_text(task, &loaded.template, &ex.input, None)?,
         )?;
         let r = stage::response_ids(&loaded.tokenizer, &loaded.template, &loaded.eos, &resp)?;
-        let cut = c.max_prompt_len + c.max_new_tokens;
-        let (s, t) = stage::proportional_cut(prompt.len(), r.len(), cut);
+        let (s, t) = stage::proportional_cut(prompt.len(), r.len(), spec.cutoff);
         seqs.push(Rollout {
             item: 0,
             query: prompt[..s].to_vec(),
@@ -259,16 +274,12 @@ fn calibrate_lambda(
             path.display()
         );
     }
-    let mut scores = Vec::with_capacity(seqs.len());
-    for chunk in seqs.chunks(8) {
-        let refs: Vec<&Rollout> = chunk.iter().collect();
-        let sb = SeqBatch::new(&refs, loaded.pad, &loaded.model)?;
-        scores.extend(sb.scores(&loaded.model, &ForwardCtx::with_adapter(RM_LABEL), RM_LABEL)?);
-    }
-    let lambda = math::percentile(&scores, c.lambda_percentile).expect("non-empty");
+    let refs: Vec<&Rollout> = seqs.iter().collect();
+    let scores = rm_scores(&loaded.model, loaded.pad, &refs, RM_LABEL, None, 8)?;
+    let lambda = math::percentile(&scores, spec.percentile).expect("non-empty");
     let source = format!(
         "auto: p{} of the label RM's scores on {} gold responses of {} (min {:.3}, median {:.3}, max {:.3})",
-        c.lambda_percentile,
+        spec.percentile,
         scores.len(),
         path.display(),
         math::percentile(&scores, 0.0).unwrap_or(f64::NAN),
@@ -276,6 +287,40 @@ fn calibrate_lambda(
         math::percentile(&scores, 100.0).unwrap_or(f64::NAN),
     );
     Ok((lambda, source))
+}
+
+/// Last-token scores of the reward model loaded as adapter + head `name`, in raw RM units, one per
+/// rollout, `batch_size` sequences per forward; `dropout_seed` `None` is eval mode.
+pub fn rm_scores(
+    model: &Llama,
+    pad: u32,
+    rollouts: &[&Rollout],
+    name: &str,
+    dropout_seed: Option<u64>,
+    batch_size: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let ctx = ForwardCtx {
+        adapter: Some(name),
+        dropout_seed,
+    };
+    let mut out = Vec::with_capacity(rollouts.len());
+    for chunk in rollouts.chunks(batch_size.max(1)) {
+        let sb = SeqBatch::new(chunk, pad, model)?;
+        out.extend(sb.scores(model, &ctx, name)?);
+    }
+    Ok(out)
+}
+
+/// Load a frozen reward model (PEFT adapter + score head) from `dir` as adapter and head `name`.
+pub fn load_reward_model(m: &mut Llama, dir: &Path, name: &str, what: &str) -> anyhow::Result<()> {
+    load_adapter(m, dir, name, false).with_context(|| format!("{what} {}", dir.display()))?;
+    if m.head(name).is_none() {
+        bail!(
+            "{what} {}: the reward model has no score head",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// The task reward of each rollout (raw, before normalisation); may add component means to `stats`.
@@ -307,15 +352,11 @@ impl RewardFn for Scorer<'_> {
         stats: &mut Map<String, Value>,
     ) -> anyhow::Result<Vec<f64>> {
         let refs: Vec<&Rollout> = rollouts.iter().collect();
-        let sb = SeqBatch::new(&refs, self.pad, self.model)?;
         let read = |name: &str, k: u64| -> anyhow::Result<Vec<f64>> {
-            let ctx = ForwardCtx {
-                adapter: Some(name),
-                dropout_seed: self
-                    .dropout
-                    .then(|| mix_seed(&[self.seed, step as u64, 0x5c0, k])),
-            };
-            sb.scores(self.model, &ctx, name)
+            let seed = self
+                .dropout
+                .then(|| mix_seed(&[self.seed, step as u64, 0x5c0, k]));
+            rm_scores(self.model, self.pad, &refs, name, seed, refs.len())
         };
         let label = self
             .mode
@@ -434,21 +475,22 @@ pub fn run(args: &PpoArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(d) = &models.label {
-        load_adapter(m, d, RM_LABEL, false)
-            .with_context(|| format!("reward_model {}", d.display()))?;
+        load_reward_model(m, d, RM_LABEL, "reward_model")?;
     }
     if let Some(d) = &models.rationale {
-        load_adapter(m, d, RM_RATIONALE, false)
-            .with_context(|| format!("reward_model_rationale {}", d.display()))?;
-    }
-    for head in [RM_LABEL, RM_RATIONALE] {
-        if m.adapters().contains_key(head) && m.head(head).is_none() {
-            bail!("{head}: the reward model has no score head");
-        }
+        load_reward_model(m, d, RM_RATIONALE, "reward_model_rationale")?;
     }
     let (lambda, lambda_source) = match (c.reward_mode, c.lambda) {
         (RewardMode::RllrMixed, Lambda::Auto) => {
-            let (l, s) = calibrate_lambda(&loaded, &task, c)?;
+            let path = required(&c.lambda_data, "lambda_data")
+                .context("--lambda auto scores held-out correct-label responses")?;
+            let spec = LambdaSpec {
+                data: &path,
+                limit: c.lambda_limit,
+                percentile: c.lambda_percentile,
+                cutoff: c.max_prompt_len + c.max_new_tokens,
+            };
+            let (l, s) = calibrate_lambda(&loaded, &task, &spec)?;
             eprintln!("ppo: λ = {l:.4} ({s})");
             (Some(l), Some(s))
         }
@@ -591,7 +633,7 @@ fn train(
         seed: tc.seed,
     };
     let rollout_spec = RolloutSpec {
-        adapter: POLICY,
+        adapter: Some(POLICY),
         sampling: SamplingParams {
             temperature: c.temperature,
             top_k: (c.top_k > 0).then_some(c.top_k),

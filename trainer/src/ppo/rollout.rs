@@ -33,7 +33,8 @@ impl Rollout {
 
 /// How rollouts are sampled.
 pub struct RolloutSpec<'a> {
-    pub adapter: &'a str,
+    /// The sampling adapter (`None`: the bare base, e.g. M_sft itself).
+    pub adapter: Option<&'a str>,
     pub sampling: SamplingParams,
     pub stop: StopCriteria,
     pub pad: u32,
@@ -63,7 +64,10 @@ pub fn sample(
         model,
         tokenizer,
         &requests,
-        &ForwardCtx::with_adapter(spec.adapter),
+        &ForwardCtx {
+            adapter: spec.adapter,
+            dropout_seed: None,
+        },
         spec.pad,
     )?;
     Ok(prompts

@@ -72,7 +72,7 @@ fn spec(dropout: bool, mini: usize) -> StepSpec<'static> {
 
 fn rollout_spec() -> RolloutSpec<'static> {
     RolloutSpec {
-        adapter: POLICY,
+        adapter: Some(POLICY),
         sampling: SamplingParams {
             temperature: 1.0,
             top_k: None,

@@ -76,3 +76,95 @@ pub fn max_var_diff(a: &Llama, b: &Llama) -> f32 {
         })
         .fold(0f32, f32::max)
 }
+
+/// A two-label toy task (hot / cold) for tests that parse answers.
+pub fn toy_task() -> rllr_core::task::TaskSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": "toy", "instruction": "is it hot or cold ?", "input_fields": ["text"],
+        "labels": [{"name": "hot"}, {"name": "cold"}], "metric": "accuracy",
+        "answer_prefix": "Answer:"
+    }))
+    .unwrap()
+}
+
+/// `n` toy examples (alternating gold labels), each with a human rationale for its gold label.
+pub fn toy_examples(n: usize) -> Vec<rllr_core::dataset::Example> {
+    (0..n)
+        .map(|i| {
+            let label = if i % 2 == 0 { "hot" } else { "cold" };
+            serde_json::from_value(serde_json::json!({
+                "id": format!("toy-{i}"), "task": "toy", "input": format!("the sun {i}"),
+                "label": label,
+                "rationales": {label: [{"text": format!("thing {i} is {label}"), "source": "human"}]}
+            }))
+            .unwrap()
+        })
+        .collect()
+}
+
+/// The toy vocabulary (64 tokens, the tiny model's size): special tokens, prompt words, and
+/// whole answer lines ("so\nAnswer: hot\n", …) so a random model writes parseable answers often.
+fn toy_vocab() -> Vec<String> {
+    let mut v: Vec<String> = ["<pad>", "<eos>", "<unk>"].map(String::from).to_vec();
+    v.extend(
+        "is it hot or cold ? the sun fire snow ice"
+            .split_whitespace()
+            .map(String::from),
+    );
+    for p in ["so", "thus", "hence", "yes", "then", "and", "ok", "well"] {
+        for l in ["hot", "cold"] {
+            v.push(format!("{p}\nAnswer: {l}\n"));
+        }
+    }
+    let mut i = 0;
+    while v.len() < 64 {
+        v.push(format!("w{i}"));
+        i += 1;
+    }
+    v
+}
+
+/// A tiny random policy checkpoint in `dir` (tiny config, plain template, word-level tokenizer
+/// over [`toy_vocab`]), loadable with `stage::open_checkpoint` + `stage::load`.
+pub fn toy_policy_dir(dir: &std::path::Path) {
+    let model = Llama::random(&tiny_config(), 3, DType::F32, &Device::Cpu).unwrap();
+    let mut manifest =
+        rllr_core::manifest::Manifest::new(rllr_core::manifest::ModelKind::Sft, "test");
+    manifest.chat_template = Some("plain".into());
+    rllr_core::checkpoint::save_model(&model, dir, None, None, Some(&manifest)).unwrap();
+    let vocab: serde_json::Map<String, serde_json::Value> = toy_vocab()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, serde_json::json!(i)))
+        .collect();
+    let special = |id: u32, s: &str| {
+        serde_json::json!({"id": id, "content": s, "single_word": false,
+        "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+    };
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<pad>"), special(1, "<eos>")],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+}
+
+/// A random reward model (LoRA + score head, rllr.json kind reward) on the policy in `base`,
+/// written to `dest` as `rllr-train reward` writes one.
+pub fn toy_reward_dir(base: &std::path::Path, dest: &std::path::Path, seed: u64) {
+    use rllr_core::checkpoint::SCORE_HEAD;
+    let mut model = Llama::random(&tiny_config(), 3, DType::F32, &Device::Cpu).unwrap();
+    model
+        .add_adapter(SCORE_HEAD, &tiny_lora(0.0), seed)
+        .unwrap();
+    model.add_new_head(SCORE_HEAD, false, seed + 1).unwrap();
+    let mut m = rllr_core::manifest::Manifest::new(rllr_core::manifest::ModelKind::Reward, "test");
+    m.base_checkpoint = Some(base.display().to_string());
+    m.adapter = Some(SCORE_HEAD.into());
+    m.head = Some(SCORE_HEAD.into());
+    let b = base.display().to_string();
+    rllr_core::checkpoint::save_adapter(&model, SCORE_HEAD, Some(SCORE_HEAD), &b, dest, Some(&m))
+        .unwrap();
+}
