@@ -442,10 +442,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(q.per_task.len(), 1);
-        assert_eq!(q.per_task[0].0.name, "comve");
+        assert_eq!(q.per_task[0].0.name, "sst2");
         let p = parse(include_str!("../../../configs/paper.toml"), "paper").unwrap();
         assert!(p.per_task.len() >= 3, "{} tasks", p.per_task.len());
-        for (t, _) in &p.per_task {
+        let c = parse(include_str!("../../../configs/paper-cpu.toml"), "paper-cpu").unwrap();
+        let names: Vec<&str> = c.per_task.iter().map(|(t, _)| t.name.as_str()).collect();
+        assert_eq!(names, ["esnli", "sst2"]);
+        for (t, _) in p.per_task.iter().chain(&c.per_task) {
             assert!(Path::new("..").join(t.spec()).is_file(), "{}", t.name);
         }
     }
