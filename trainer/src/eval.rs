@@ -18,7 +18,7 @@ use rllr_core::{
     generate, Batch, ForwardCtx, GenerationRequest, Llama, PaddingSide, SamplingParams,
     StopCriteria,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::stage;
@@ -47,12 +47,27 @@ pub struct LabelMetrics {
     pub predicted: usize,
 }
 
+/// One example's answer, as `eval policy --predictions` writes it (one JSONL row per example, in
+/// input order): what paired comparisons between two policies are computed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub id: String,
+    pub gold: String,
+    /// The parsed label's name; `None` when the answer could not be parsed.
+    pub pred: Option<String>,
+    pub correct: bool,
+    /// The generated answer (stop strings removed, trimmed).
+    pub text: String,
+}
+
 /// A policy's scores on a split.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyReport {
     pub n: usize,
     pub accuracy: f64,
     pub unparseable_rate: f64,
+    /// Share of the split's most frequent gold label: the accuracy of always answering it.
+    pub majority_rate: f64,
     /// Mean rationale length in whitespace-separated words.
     pub mean_rationale_words: f64,
     pub per_label: Vec<LabelMetrics>,
@@ -61,6 +76,9 @@ pub struct PolicyReport {
     pub wall_s: f64,
     /// First few (gold, generated text) pairs, to read.
     pub samples: Vec<(String, String)>,
+    /// Every example's answer, in input order (not part of the JSON report: `--predictions`).
+    #[serde(skip)]
+    pub predictions: Vec<Prediction>,
 }
 
 /// Metrics from gold label indices and parsed predictions (`None` = unparseable).
@@ -78,6 +96,11 @@ pub fn policy_metrics(
     let n = gold.len();
     let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
     let unparseable: usize = confusion.iter().map(|r| r[k]).sum();
+    let majority = confusion
+        .iter()
+        .map(|r| r.iter().sum::<usize>())
+        .max()
+        .unwrap_or(0);
     let per_label = (0..k)
         .map(|i| {
             let support: usize = confusion[i].iter().sum();
@@ -95,11 +118,13 @@ pub fn policy_metrics(
         n,
         accuracy: ratio(correct, n),
         unparseable_rate: ratio(unparseable, n),
+        majority_rate: ratio(majority, n),
         mean_rationale_words: ratio(rationale_words.iter().sum(), rationale_words.len()),
         per_label,
         confusion,
         wall_s: 0.0,
         samples: Vec::new(),
+        predictions: Vec::new(),
     }
 }
 
@@ -127,8 +152,8 @@ pub fn evaluate_policy(
         stop_strings: spec.template.stop_strings(),
         max_new_tokens: spec.max_new_tokens,
     };
-    let (mut gold, mut pred, mut words, mut samples) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut gold, mut pred, mut words, mut samples, mut texts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for chunk in examples.chunks(spec.batch_size.max(1)) {
         let requests = chunk
             .iter()
@@ -155,13 +180,48 @@ pub fn evaluate_policy(
             if samples.len() < 5 {
                 samples.push((ex.label.clone(), text.trim().to_string()));
             }
+            texts.push(text.trim().to_string());
         }
     }
     let names: Vec<String> = task.labels.iter().map(|l| l.name.clone()).collect();
     let mut r = policy_metrics(&names, &gold, &pred, &words);
     r.wall_s = t0.elapsed().as_secs_f64();
     r.samples = samples;
+    r.predictions = predictions(&names, examples, &gold, &pred, texts);
     Ok(r)
+}
+
+/// Per-example rows from gold label indices, parsed predictions and the generated texts.
+pub fn predictions(
+    labels: &[String],
+    examples: &[Example],
+    gold: &[usize],
+    pred: &[Option<usize>],
+    texts: Vec<String>,
+) -> Vec<Prediction> {
+    examples
+        .iter()
+        .zip(gold)
+        .zip(pred)
+        .zip(texts)
+        .map(|(((ex, &g), &p), text)| Prediction {
+            id: ex.id.clone(),
+            gold: labels[g].clone(),
+            pred: p.map(|i| labels[i].clone()),
+            correct: p == Some(g),
+            text,
+        })
+        .collect()
+}
+
+/// JSONL, one row per prediction.
+pub fn predictions_jsonl(rows: &[Prediction]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for r in rows {
+        out.push_str(&serde_json::to_string(r)?);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// A tokenised pair: full sequences (prompt + response + EOS) for both sides.
@@ -309,6 +369,11 @@ pub struct PolicyArgs {
     /// Write the JSON report here (it is printed as a table either way).
     #[arg(long, env = "RLLR_OUTPUT")]
     pub output: Option<PathBuf>,
+    /// Also write every example's answer as JSONL (`{"id", "gold", "pred", "correct", "text"}`,
+    /// in input order), so two policies evaluated on the same split can be compared example by
+    /// example (paired difference, McNemar test) rather than by their accuracies alone.
+    #[arg(long, env = "RLLR_PREDICTIONS")]
+    pub predictions: Option<PathBuf>,
     #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
     pub device: String,
     #[arg(long, env = "RLLR_DTYPE", default_value = "f32")]
@@ -426,6 +491,12 @@ fn run_policy(a: &PolicyArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&report)?.as_bytes(),
         )?;
     }
+    if let Some(path) = &a.predictions {
+        rllr_core::fsutil::write_file_atomic(
+            path,
+            predictions_jsonl(&report.predictions)?.as_bytes(),
+        )?;
+    }
     Ok(())
 }
 
@@ -531,6 +602,50 @@ mod tests {
         assert!((r.per_label[0].recall - 0.5).abs() < 1e-12);
         assert!((r.per_label[1].recall - 2.0 / 3.0).abs() < 1e-12);
         assert!((r.mean_rationale_words - 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn majority_rate_is_the_most_frequent_gold_share() {
+        let labels = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        // gold counts 1, 3, 1: whatever was predicted, the majority rate is 3/5
+        let r = policy_metrics(
+            &labels,
+            &[0, 1, 1, 1, 2],
+            &[Some(0), Some(0), None, Some(2), Some(2)],
+            &[0; 5],
+        );
+        assert!((r.majority_rate - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn predictions_are_one_row_per_example_in_input_order() {
+        let labels = vec!["yes".to_string(), "no".to_string()];
+        let ex = |id: &str| -> Example {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "task": "t", "input": "x", "label": "yes"
+            }))
+            .unwrap()
+        };
+        let rows = predictions(
+            &labels,
+            &[ex("e2"), ex("e1"), ex("e3")],
+            &[0, 1, 0],
+            &[Some(0), Some(0), None],
+            vec!["A".into(), "B".into(), "C".into()],
+        );
+        let text = predictions_jsonl(&rows).unwrap();
+        let back: Vec<Prediction> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(back, rows);
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            first,
+            serde_json::json!({"id": "e2", "gold": "yes", "pred": "yes", "correct": true, "text": "A"})
+        );
+        assert_eq!((rows[1].id.as_str(), rows[1].correct), ("e1", false));
+        assert_eq!((rows[2].pred.as_deref(), rows[2].correct), (None, false));
     }
 
     #[test]

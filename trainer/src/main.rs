@@ -23,6 +23,7 @@ mod rationalize;
 mod reward;
 mod sft;
 mod stage;
+mod stats;
 mod teacher;
 mod train;
 

@@ -272,6 +272,7 @@ fn eval_policy(j: &EvalPolicyJob, out: &Path) -> anyhow::Result<()> {
             template: j.template.clone(),
             format_hint: false,
             output: Some(out.join("report.json")),
+            predictions: Some(out.join("predictions.jsonl")),
             device: j.device.clone(),
             dtype: j.dtype.clone(),
         }),

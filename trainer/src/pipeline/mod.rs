@@ -9,6 +9,7 @@ pub mod config;
 pub mod exec;
 pub mod export;
 pub mod plan;
+pub mod plots;
 pub mod report;
 pub mod stamp;
 
