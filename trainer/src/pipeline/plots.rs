@@ -199,6 +199,9 @@ pub fn histogram(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<f64> {
     counts.iter().map(|c| c / values.len() as f64).collect()
 }
 
+/// Which reward of a sample a panel shows.
+type RewardOf = fn(&RewardSample) -> f64;
+
 /// Side-by-side histograms of r_label and r_rationale, correct and wrong samples overlaid.
 pub fn reward_histograms(samples: &[RewardSample]) -> Result<String, PlotError> {
     let err = draw_err("rewards.svg");
@@ -207,7 +210,7 @@ pub fn reward_histograms(samples: &[RewardSample]) -> Result<String, PlotError> 
         let root = SVGBackend::with_string(&mut svg, (1000, 380)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let areas = root.split_evenly((1, 2));
-        let panels: [(&str, fn(&RewardSample) -> f64); 2] = [
+        let panels: [(&str, RewardOf); 2] = [
             ("r_label (RM label)", |s| s.r_label),
             ("r_rationale (RM rationale)", |s| s.r_rationale),
         ];

@@ -42,8 +42,15 @@ pub struct PolicyScore {
     pub accuracy: f64,
     pub unparseable_rate: f64,
     pub n: usize,
-    /// The label this policy answered most often, and the share of answers it got.
-    pub top_label: Option<(String, f64)>,
+    /// The label this policy answered most often.
+    pub top_label: Option<TopLabel>,
+}
+
+/// A policy's most-predicted label and the share of its answers that label got.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopLabel {
+    pub label: String,
+    pub share: f64,
 }
 
 /// A reward model's held-out pairwise accuracy.
@@ -152,7 +159,7 @@ fn title_of(key: &str) -> &str {
 
 /// `(most-predicted label, its share)` and the majority-label rate from a policy report's
 /// `per_label` (`support`, `predicted`); `majority_rate` is taken as written when present.
-fn label_balance(v: &Value) -> (Option<(String, f64)>, Option<f64>) {
+fn label_balance(v: &Value) -> (Option<TopLabel>, Option<f64>) {
     let n = v["n"].as_u64().filter(|&n| n > 0).map(|n| n as f64);
     let labels = v["per_label"].as_array();
     let (Some(n), Some(labels)) = (n, labels) else {
@@ -162,7 +169,10 @@ fn label_balance(v: &Value) -> (Option<(String, f64)>, Option<f64>) {
         .iter()
         .filter_map(|l| Some((l["label"].as_str()?, l["predicted"].as_u64()?)))
         .max_by_key(|(_, p)| *p)
-        .map(|(l, p)| (l.to_string(), p as f64 / n));
+        .map(|(l, p)| TopLabel {
+            label: l.to_string(),
+            share: p as f64 / n,
+        });
     let majority = v["majority_rate"].as_f64().or_else(|| {
         labels
             .iter()
@@ -432,7 +442,7 @@ fn render_balance(md: &mut String, r: &Report, cols: &[(usize, &str, &str)]) {
         md.push_str(&format!("| {} | {} |", t.task, pct(t.majority_rate)));
         for (i, _, _) in cols {
             let cell = match t.policies[*i].1.as_ref().and_then(|s| s.top_label.as_ref()) {
-                Some((label, share)) => format!("{label} {}", pct(Some(*share))),
+                Some(top) => format!("{} {}", top.label, pct(Some(top.share))),
                 None => "–".into(),
             };
             md.push_str(&format!(" {cell} |"));
@@ -569,7 +579,10 @@ mod tests {
             accuracy,
             unparseable_rate: 0.02,
             n: 100,
-            top_label: Some(("a".into(), 0.5)),
+            top_label: Some(TopLabel {
+                label: "a".into(),
+                share: 0.5,
+            }),
         }
     }
 
@@ -729,7 +742,10 @@ mod tests {
                 accuracy: 0.7,
                 unparseable_rate: 0.1,
                 n: 10,
-                top_label: Some(("no".into(), 0.7)),
+                top_label: Some(TopLabel {
+                    label: "no".into(),
+                    share: 0.7,
+                }),
             })
         );
         assert_eq!(r.policies[0].1, None);
@@ -743,6 +759,12 @@ mod tests {
         );
         assert_eq!(r.lambda, Some(2.5));
         assert!(r.comparisons.is_empty() && r.plots.is_empty() && r.notes.is_empty());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["policies"][1][1]["top_label"],
+            serde_json::json!({"label": "no", "share": 0.7})
+        );
+        assert_eq!(json["majority_rate"], 0.6);
         let md = render_markdown(&report(vec![r]));
         assert!(
             md.contains("| comve | 60.0 | – | no 70.0 | – | – | – |"),
