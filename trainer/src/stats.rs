@@ -171,7 +171,6 @@ fn binom_half_cdf(n: usize, k: usize) -> f64 {
 /// random positive scores above a random negative, ties counting ½ (Mann–Whitney U / (n₊·n₋),
 /// from mid-ranks). `None` when either class is empty, the lengths differ or a score is NaN.
 // For the diagnostics stage (reward-model AUCs on M_sft's samples); only tests call it so far.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     if scores.len() != positive.len() || scores.iter().any(|s| s.is_nan()) {
         return None;

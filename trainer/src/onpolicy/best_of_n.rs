@@ -9,22 +9,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use rllr_core::dataset::{read_examples, Example};
 use rllr_core::task::TaskSpec;
-use serde::Serialize;
 
 use super::reward::{self, best_index, RewardModelsArgs, Rewards};
 use super::sample::{sample_k, Sample, SamplerArgs};
 use crate::eval::{policy_metrics, print_policy, PolicyReport};
 
-/// One `<out>/predictions.jsonl` row.
-// TODO(merge): the same row as `eval policy --predictions`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Prediction {
-    pub id: String,
-    pub gold: String,
-    pub pred: Option<String>,
-    pub correct: bool,
-    pub text: String,
-}
+pub use crate::eval::Prediction;
 
 /// The highest-mixed-reward sample of each prompt as its answer: predictions in input order and
 /// the report.

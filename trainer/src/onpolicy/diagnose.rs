@@ -40,37 +40,7 @@ pub struct DiagnoseReport {
     pub lambda: Option<f64>,
 }
 
-/// AUC of `scores` for `positive` (Mann–Whitney U / (P·N), ties count ½); `None` without both
-/// classes.
-// TODO(merge): stats::auc
-fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
-    let pos: Vec<f64> = scores
-        .iter()
-        .zip(positive)
-        .filter(|p| *p.1)
-        .map(|p| *p.0)
-        .collect();
-    let neg: Vec<f64> = scores
-        .iter()
-        .zip(positive)
-        .filter(|p| !*p.1)
-        .map(|p| *p.0)
-        .collect();
-    if pos.is_empty() || neg.is_empty() {
-        return None;
-    }
-    let mut u = 0.0;
-    for p in &pos {
-        for n in &neg {
-            u += match p.partial_cmp(n) {
-                Some(std::cmp::Ordering::Greater) => 1.0,
-                Some(std::cmp::Ordering::Equal) => 0.5,
-                _ => 0.0,
-            };
-        }
-    }
-    Some(u / (pos.len() * neg.len()) as f64)
-}
+use crate::stats::auc;
 
 /// Everything but greedy accuracy and λ from per-prompt correctness and rewards.
 pub fn report(
