@@ -448,14 +448,16 @@ def compare(a):
         )
     q = max(1, n // 4)
     mean = lambda rs, k: sum(g(r, k) for r in rs) / len(rs)
-    summ = ["", "| side | score, first quarter | score, last quarter | KL, first quarter | KL, last quarter | rollout accuracy first → last | mean approxkl | mean clipfrac | s/step (rollout + scoring + update) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    summ = ["", "| side | score, first quarter | score, last quarter | KL, first quarter | KL, last quarter | rollout accuracy first → last | mean approxkl | mean clipfrac | loss/value first → last quarter | s/step, mean (rollout + scoring + update) | s/step, median / fastest |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rs in [("rllr", rl[:n]), ("TRL", tr[:n])]:
         summ.append(
             f"| {name} | {mean(rs[:q], 'objective/scores'):.3f} | {mean(rs[-q:], 'objective/scores'):.3f} "
             f"| {mean(rs[:q], 'objective/kl'):.4f} | {mean(rs[-q:], 'objective/kl'):.4f} "
             f"| {mean(rs[:q], 'rollout/label_accuracy'):.2f} → {mean(rs[-q:], 'rollout/label_accuracy'):.2f} "
             f"| {mean(rs, 'policy/approxkl'):.2e} | {mean(rs, 'policy/clipfrac'):.4f} "
-            f"| {sum(sps(r) for r in rs) / len(rs):.1f} ({mean(rs, 'time/rollout_s'):.1f} + {mean(rs, 'time/scoring_s'):.1f} + {mean(rs, 'time/update_s'):.1f}) |"
+            f"| {mean(rs[:q], 'loss/value'):.3f} → {mean(rs[-q:], 'loss/value'):.3f} "
+            f"| {sum(sps(r) for r in rs) / len(rs):.1f} ({mean(rs, 'time/rollout_s'):.1f} + {mean(rs, 'time/scoring_s'):.1f} + {mean(rs, 'time/update_s'):.1f}) "
+            f"| {sorted(sps(r) for r in rs)[len(rs) // 2]:.1f} / {min(sps(r) for r in rs):.1f} |"
         )
     text = "\n".join(lines + summ) + "\n"
     Path(a.table).write_text(text)
