@@ -209,6 +209,12 @@ fn export_all(
             t.task,
             dest.join(&t.task).display()
         );
+        // The report links its plots relative to itself: ship them beside it.
+        for plot in &t.plots {
+            let bytes = std::fs::read(run_dir.join(plot))
+                .with_context(|| format!("reading plot {}", run_dir.join(plot).display()))?;
+            rllr_core::fsutil::write_file_atomic(&dest.join(plot), &bytes)?;
+        }
     }
     report::write(dest, report)
 }
