@@ -37,6 +37,27 @@ pub struct PolicyEvalSpec<'a> {
     pub hint: Option<&'a str>,
 }
 
+impl<'a> PolicyEvalSpec<'a> {
+    /// Ask `loaded`'s model (its template, tokenizer, EOS and pad) with no hint.
+    pub fn of(
+        task: &'a TaskSpec,
+        loaded: &'a stage::Loaded,
+        max_new_tokens: usize,
+        batch_size: usize,
+    ) -> Self {
+        PolicyEvalSpec {
+            task,
+            template: &loaded.template,
+            tokenizer: &loaded.tokenizer,
+            eos: &loaded.eos,
+            pad: loaded.pad,
+            max_new_tokens,
+            batch_size,
+            hint: None,
+        }
+    }
+}
+
 /// Precision and recall of one label.
 #[derive(Debug, Clone, Serialize)]
 pub struct LabelMetrics {
@@ -474,14 +495,8 @@ fn run_policy(a: &PolicyArgs) -> anyhow::Result<()> {
     };
     let hint = a.format_hint.then(|| format_hint(&task));
     let spec = PolicyEvalSpec {
-        task: &task,
-        template: &loaded.template,
-        tokenizer: &loaded.tokenizer,
-        eos: &loaded.eos,
-        pad: loaded.pad,
-        max_new_tokens: a.max_new_tokens,
-        batch_size: a.batch_size,
         hint: hint.as_deref(),
+        ..PolicyEvalSpec::of(&task, &loaded, a.max_new_tokens, a.batch_size)
     };
     let report = evaluate_policy(&loaded.model, &ctx, &examples, &spec)?;
     print_policy(&task, &report);

@@ -248,16 +248,7 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
     let items = encode_examples(&loaded, &task, &train, c.rationales, c.cutoff_len)?;
     let dev_items = encode_examples(&loaded, &task, &dev, c.rationales, c.cutoff_len)?;
     loaded.model.add_adapter(ADAPTER, &lora, tc.seed)?;
-    let spec = PolicyEvalSpec {
-        task: &task,
-        template: &loaded.template,
-        tokenizer: &loaded.tokenizer,
-        eos: &loaded.eos,
-        pad: loaded.pad,
-        max_new_tokens: c.max_new_tokens,
-        batch_size: c.eval_batch_size,
-        hint: None,
-    };
+    let spec = PolicyEvalSpec::of(&task, &loaded, c.max_new_tokens, c.eval_batch_size);
     let objective = SftObjective {
         adapter: ADAPTER,
         pad: loaded.pad,

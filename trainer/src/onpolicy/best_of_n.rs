@@ -7,12 +7,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use rllr_core::dataset::{read_examples, Example};
+use rllr_core::dataset::Example;
 use rllr_core::task::TaskSpec;
 
 use super::reward::{self, best_index, RewardModelsArgs, Rewards};
-use super::sample::{sample_k, Sample, SamplerArgs};
-use crate::eval::{policy_metrics, print_policy, PolicyReport};
+use super::sample::{read_prompts, Sample, SamplerArgs};
+use crate::eval::{policy_metrics, predictions_jsonl, print_policy, PolicyReport};
 
 pub use crate::eval::Prediction;
 
@@ -85,35 +85,22 @@ pub struct BestOfNArgs {
 pub fn run(a: &BestOfNArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let task = TaskSpec::load(&a.task).with_context(|| format!("task {}", a.task.display()))?;
-    let mut examples = read_examples(&a.data, &task)?;
-    if a.limit > 0 {
-        examples.truncate(a.limit);
-    }
-    if examples.is_empty() {
-        bail!("{}: no examples", a.data.display());
-    }
-    let spec = a.sampler.spec();
-    spec.validate()?;
-    let mut policy = a.sampler.load(&task)?;
-    reward::load(&mut policy, &a.rewards, &task, &a.sampler.model)?;
-    let (lambda, source) = reward::lambda(&policy, &a.rewards, &task)?;
-    eprintln!("best-of-{}: λ = {lambda:.4} ({source})", spec.k);
-    let samples = sample_k(&policy, &task, &examples, &spec)?;
-    let rewards = reward::score(&policy, &samples, lambda, a.rewards.score_batch_size)?;
-    let (rows, mut report) = pick(&task, &examples, &samples, &rewards)?;
+    let examples = read_prompts(&a.data, &task, a.limit)?;
+    let what = format!("best-of-{}", a.sampler.k);
+    let sc = reward::sample_and_score(&what, &task, &examples, &a.sampler, &a.rewards)?;
+    let (lambda, k) = (sc.lambda, sc.k);
+    let (rows, mut report) = pick(&task, &examples, &sc.samples, &sc.rewards)?;
     report.wall_s = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.output)?;
-    let mut text = String::new();
-    for r in &rows {
-        text.push_str(&serde_json::to_string(r)?);
-        text.push('\n');
-    }
-    rllr_core::fsutil::write_file_atomic(&a.output.join("predictions.jsonl"), text.as_bytes())?;
+    rllr_core::fsutil::write_file_atomic(
+        &a.output.join("predictions.jsonl"),
+        predictions_jsonl(&rows)?.as_bytes(),
+    )?;
     rllr_core::fsutil::write_file_atomic(
         &a.output.join("report.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
-    println!("best-of-{} (mixed reward, λ {lambda:.3}):", spec.k);
+    println!("best-of-{k} (mixed reward, λ {lambda:.3}):");
     print_policy(&task, &report);
     Ok(())
 }

@@ -7,17 +7,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use rllr_core::dataset::read_examples;
+use anyhow::Context;
 use rllr_core::task::TaskSpec;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::reward::{self, best_index, RewardModelsArgs, Rewards};
-use super::sample::{sample_k, temperature_as_written, SamplerArgs};
+use super::sample::{read_prompts, temperature_as_written, SamplerArgs};
 use crate::eval::{evaluate_policy, PolicyEvalSpec};
 
 /// Best-of-N accuracy when the sample with the highest reward X is the answer.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BestOfN {
     pub label: f64,
     pub rationale: f64,
@@ -25,7 +24,7 @@ pub struct BestOfN {
 }
 
 /// `<out>/report.json`; the pipeline's report reads these exact fields.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiagnoseReport {
     pub n_prompts: usize,
     pub k: usize,
@@ -120,37 +119,22 @@ pub struct DiagnoseArgs {
 /// Sample, score, report.
 pub fn run(a: &DiagnoseArgs) -> anyhow::Result<()> {
     let task = TaskSpec::load(&a.task).with_context(|| format!("task {}", a.task.display()))?;
-    let mut examples = read_examples(&a.data, &task)?;
-    if a.limit > 0 {
-        examples.truncate(a.limit);
-    }
-    if examples.is_empty() {
-        bail!("{}: no examples", a.data.display());
-    }
+    let examples = read_prompts(&a.data, &task, a.limit)?;
     let spec = a.sampler.spec();
-    spec.validate()?;
-    let mut policy = a.sampler.load(&task)?;
-    reward::load(&mut policy, &a.rewards, &task, &a.sampler.model)?;
-    let (lambda, source) = reward::lambda(&policy, &a.rewards, &task)?;
-    eprintln!("diagnose: λ = {lambda:.4} ({source})");
-    let samples = sample_k(&policy, &task, &examples, &spec)?;
-    let rewards = reward::score(&policy, &samples, lambda, a.rewards.score_batch_size)?;
+    let reward::Scored {
+        policy,
+        lambda,
+        samples,
+        rewards,
+        ..
+    } = reward::sample_and_score("diagnose", &task, &examples, &a.sampler, &a.rewards)?;
     let correct: Vec<Vec<bool>> = examples
         .iter()
         .zip(&samples)
         .map(|(ex, ss)| ss.iter().map(|s| s.is_gold(&task, ex)).collect())
         .collect();
     let l = &policy.loaded;
-    let eval = PolicyEvalSpec {
-        task: &task,
-        template: &l.template,
-        tokenizer: &l.tokenizer,
-        eos: &l.eos,
-        pad: l.pad,
-        max_new_tokens: spec.max_new_tokens,
-        batch_size: spec.batch_size * spec.k,
-        hint: None,
-    };
+    let eval = PolicyEvalSpec::of(&task, l, spec.max_new_tokens, spec.batch_size * spec.k);
     let greedy = evaluate_policy(&l.model, &policy.ctx(), &examples, &eval)?.accuracy;
     let r = report(
         spec.k,

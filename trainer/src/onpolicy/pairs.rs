@@ -19,11 +19,11 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use rllr_core::dataset::{read_examples, write_jsonl, Example, Pair, PairKind};
+use rllr_core::dataset::{write_jsonl, Example, Pair, PairKind};
 use rllr_core::task::TaskSpec;
 use serde::Serialize;
 
-use super::sample::{sample_k, temperature_as_written, Sample, SamplerArgs};
+use super::sample::{read_prompts, sample_k, temperature_as_written, Sample, SamplerArgs};
 use crate::pairs::{check_distinct, PairError};
 use crate::stage;
 
@@ -195,13 +195,7 @@ pub struct OnPolicyArgs {
 /// Sample, build, write, print the summary.
 pub fn run(a: &OnPolicyArgs) -> anyhow::Result<()> {
     let task = a.task.load()?;
-    let mut examples = read_examples(&a.data, &task)?;
-    if a.limit > 0 {
-        examples.truncate(a.limit);
-    }
-    if examples.is_empty() {
-        bail!("{}: no examples", a.data.display());
-    }
+    let examples = read_prompts(&a.data, &task, a.limit)?;
     if a.pairs_per_prompt == 0 {
         bail!("--pairs-per-prompt must be >= 1");
     }

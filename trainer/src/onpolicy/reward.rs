@@ -116,6 +116,41 @@ pub fn lambda(
     }
 }
 
+/// What `diagnose` and `best-of-n` share: M_sft and both RMs loaded, λ resolved, k samples of
+/// every prompt drawn and scored.
+pub struct Scored {
+    pub policy: Policy,
+    pub lambda: f64,
+    pub k: usize,
+    pub samples: Vec<Vec<Sample>>,
+    pub rewards: Vec<Vec<Rewards>>,
+}
+
+/// Load, resolve λ (logged under `what`), sample `examples` and score every sample.
+pub fn sample_and_score(
+    what: &str,
+    task: &TaskSpec,
+    examples: &[rllr_core::dataset::Example],
+    sampler: &super::sample::SamplerArgs,
+    rewards: &RewardModelsArgs,
+) -> anyhow::Result<Scored> {
+    let spec = sampler.spec();
+    spec.validate()?;
+    let mut policy = sampler.load(task)?;
+    load(&mut policy, rewards, task, &sampler.model)?;
+    let (lambda, source) = self::lambda(&policy, rewards, task)?;
+    eprintln!("{what}: λ = {lambda:.4} ({source})");
+    let samples = super::sample::sample_k(&policy, task, examples, &spec)?;
+    let scored = score(&policy, &samples, lambda, rewards.score_batch_size)?;
+    Ok(Scored {
+        policy,
+        lambda,
+        k: spec.k,
+        samples,
+        rewards: scored,
+    })
+}
+
 /// Both rewards and the mixed one for every sample, in the samples' shape (eval mode).
 pub fn score(
     policy: &Policy,

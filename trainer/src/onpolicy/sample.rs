@@ -8,13 +8,29 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use rllr_core::checkpoint::load_adapter;
-use rllr_core::dataset::Example;
+use rllr_core::dataset::{read_examples, Example};
 use rllr_core::task::TaskSpec;
 use rllr_core::{ForwardCtx, SamplingParams, StopCriteria};
 
 use crate::ppo::rollout::{self, Rollout, RolloutSpec};
 use crate::stage::{self, Loaded};
 use crate::train::train_loop::{mix_seed, progress_bar};
+
+/// The first `limit` examples of `data` (0: all), whose prompts are sampled; none is an error.
+pub fn read_prompts(
+    data: &std::path::Path,
+    task: &TaskSpec,
+    limit: usize,
+) -> anyhow::Result<Vec<Example>> {
+    let mut examples = read_examples(data, task)?;
+    if limit > 0 {
+        examples.truncate(limit);
+    }
+    if examples.is_empty() {
+        bail!("{}: no examples", data.display());
+    }
+    Ok(examples)
+}
 
 /// Adapter name of the optional `--adapter` the samples are drawn through.
 pub const SAMPLER: &str = "sampler";

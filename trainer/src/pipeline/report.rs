@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::plan::{POLICIES, REWARD_MODELS};
@@ -70,29 +70,8 @@ pub struct Comparison {
     pub note: Option<String>,
 }
 
-/// best-of-N accuracies by the reward that picks the sample.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct BestOfN {
-    pub label: f64,
-    pub rationale: f64,
-    pub mixed: f64,
-}
-
 /// `diagnose/report.json`: how the reward models rank M_sft's own samples on the dev split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Diagnostics {
-    pub n_prompts: usize,
-    pub k: usize,
-    pub temperature: f64,
-    pub auc_label: Option<f64>,
-    pub auc_rationale: Option<f64>,
-    pub auc_mixed: Option<f64>,
-    pub greedy_accuracy: f64,
-    pub best_of_n: BestOfN,
-    pub oracle_accuracy: f64,
-    pub sample_accuracy: f64,
-    pub lambda: Option<f64>,
-}
+pub use crate::onpolicy::diagnose::DiagnoseReport as Diagnostics;
 
 /// One task's row; `None` where the stage has not produced a report (yet).
 #[derive(Debug, Clone, PartialEq, Serialize)]

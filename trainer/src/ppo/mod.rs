@@ -567,16 +567,8 @@ fn dev_eval(
     if c.dev_limit > 0 {
         dev.truncate(c.dev_limit);
     }
-    let spec = crate::eval::PolicyEvalSpec {
-        task,
-        template: &loaded.template,
-        tokenizer: &loaded.tokenizer,
-        eos: &loaded.eos,
-        pad: loaded.pad,
-        max_new_tokens: c.dev_max_new_tokens,
-        batch_size: c.dev_batch_size,
-        hint: None,
-    };
+    let spec =
+        crate::eval::PolicyEvalSpec::of(task, loaded, c.dev_max_new_tokens, c.dev_batch_size);
     let r = crate::eval::evaluate_policy(
         &loaded.model,
         &ForwardCtx::with_adapter(POLICY),
