@@ -1,7 +1,7 @@
 //! Batched generation: prefill every prompt at once, then decode one token per live sequence per
 //! step; sequences that stop (EOS, stop string, length) leave the batch and free their cache rows.
 //!
-//! This is the loop evaluation (greedy, method.md §7) and PPO rollouts (sampled, §5.4.1) run; the
+//! This is the loop evaluation (greedy, docs/method.md §7) and PPO rollouts (sampled, §5.4.1) run; the
 //! server's continuous batcher drives the same [`Llama::prefill`] / [`Llama::decode_step`] /
 //! [`KvCache`] pieces step by step.
 

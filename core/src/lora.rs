@@ -1,6 +1,6 @@
 //! LoRA: low-rank adapters over a frozen base linear layer, several named adapters at once.
 //!
-//! The reference code (method.md §4) keeps one frozen M_sft and switches named adapters per forward
+//! The reference code (docs/method.md §4) keeps one frozen M_sft and switches named adapters per forward
 //! (policy, value, reward, rationale reward), so the base is held in memory once. [`LoraLinear`] is
 //! that: the base weight (a plain tensor, never trained) plus any number of `(A, B)` pairs stored as
 //! candle `Var`s. Which adapter is active is chosen per forward by [`ForwardCtx`]. Adapters can be
@@ -30,7 +30,7 @@ pub struct LoraConfig {
 }
 
 impl Default for LoraConfig {
-    /// method.md §4: r 16, α 32, dropout 0.1, targets q_proj and v_proj.
+    /// docs/method.md §4: r 16, α 32, dropout 0.1, targets q_proj and v_proj.
     fn default() -> Self {
         Self {
             r: 16,

@@ -1,6 +1,6 @@
 //! Next-token sampling and stop criteria for the decode loop.
 //!
-//! PPO rollouts (method.md §5.4.1: T 1.0, top-k 50, top-p 1.0), greedy evaluation (§7) and the
+//! PPO rollouts (docs/method.md §5.4.1: T 1.0, top-k 50, top-p 1.0), greedy evaluation (§7) and the
 //! server all pick tokens here, so a seed reproduces a rollout and the log-probabilities PPO stores
 //! are computed one way.
 //!

@@ -2,7 +2,7 @@
 //!
 //! A fine-tuned chat model only behaves if its prompt is laid out the way it was trained, and the SFT
 //! loss, the reward model and the server must all agree on where the prompt ends and the reply begins.
-//! This module is that one agreement. The layouts follow the reference implementation (method.md §2.2):
+//! This module is that one agreement. The layouts follow the reference implementation (docs/method.md §2.2):
 //!
 //! | template  | prompt (text up to where the reply begins)                                              | reply closed by |
 //! |-----------|-----------------------------------------------------------------------------------------|-----------------|
@@ -50,7 +50,7 @@ pub enum ChatTemplate {
     Plain,
 }
 
-/// `query = instruction + "\n" + input` when `input` is non-empty, else `instruction` (method.md §2.2).
+/// `query = instruction + "\n" + input` when `input` is non-empty, else `instruction` (docs/method.md §2.2).
 pub fn query(instruction: &str, input: &str) -> String {
     if input.is_empty() {
         instruction.to_string()

@@ -96,7 +96,7 @@ pub struct ServerConfig {
     /// the engine is free, as TEI does; >0: Triton's max_queue_delay).
     #[arg(long, env = "RLLR_MAX_DELAY_US", default_value_t = 0)]
     pub max_delay_us: u64,
-    /// Default cap lambda on the label reward in min(r_label, lambda) + r_rationale (method.md 5.3).
+    /// Default cap lambda on the label reward in min(r_label, lambda) + r_rationale (docs/method.md 5.3).
     #[arg(long, env = "RLLR_LAMBDA", default_value_t = 1.0)]
     pub lambda: f32,
     /// Bearer token every RPC must carry (unset: no auth; bind to localhost then).
@@ -205,8 +205,11 @@ mod tests {
     #[test]
     fn embedded_default_loads_and_flags_override_the_file() {
         let cfg = ServerConfig::load_from(["rllr-server"]).unwrap();
-        assert_eq!(cfg.models.len(), 4);
-        assert_eq!(cfg.default_policy_model.as_deref(), Some("rllr-mixed"));
+        let names: Vec<&str> = cfg.models.iter().map(|m| m.name.as_str()).collect();
+        let policy = cfg.default_policy_model.as_deref().unwrap();
+        for want in [policy, "rm-label", "rm-rationale", "smollm2"] {
+            assert!(names.contains(&want), "{want} not in {names:?}");
+        }
         assert_eq!(cfg.metrics_listen, "127.0.0.1:9000");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.toml");

@@ -2,7 +2,7 @@
 //!
 //! Each item becomes one scoring job per model; the label model's raw score is `label_reward`,
 //! the rationale model's (if asked for) `rationale_reward`, and `mixed_reward =
-//! min(label_reward, lambda) + rationale_reward` (method.md §5.3).
+//! min(label_reward, lambda) + rationale_reward` (docs/method.md §5.3).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

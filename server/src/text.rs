@@ -1,7 +1,7 @@
 //! Text in and out: turning request inputs into the exact token sequences the models were trained
 //! on, and generated tokens back into a classification with label probabilities.
 //!
-//! Scored text (method.md §5.2) is the chat-rendered prompt, then `format.render(rationale, label)`,
+//! Scored text (docs/method.md §5.2) is the chat-rendered prompt, then `format.render(rationale, label)`,
 //! then `template.response_end()` (or the EOS id when the template has none); the reward is the
 //! head output at its last token.
 //!

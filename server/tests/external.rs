@@ -105,15 +105,17 @@ async fn promtool_check_metrics() {
 }
 
 /// The embedded default (`server/server.toml`) serves the quickstart's shipped adapters
-/// (`models/quickstart/comve/`: M_sft as an SFT adapter over SmolLM2, the two reward models and the
-/// RLLR-mixed policy) once the base model is fetched.
+/// (`models/quickstart/sst2/`: M_sft as an SFT adapter over SmolLM2, the two reward models and the
+/// policy chosen on dev) once the base model is fetched, and the served policy is a classifier:
+/// on the first 64 SST-2 dev examples it must beat always answering that slice's majority label by
+/// 10 points (the whole test split is measured with `rllr batch`, docs/training.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs models/smollm2-135m-instruct (scripts/fetch-smollm2.sh)"]
 async fn smollm2_embedded_default_serves_the_quickstart_models() {
     use rllr_proto::v1::{
         model_service_client::ModelServiceClient, policy_service_client::PolicyServiceClient,
-        reward_service_client::RewardServiceClient, ClassifyRequest, GenerationParams,
-        ListModelsRequest, ScoreRequest,
+        reward_service_client::RewardServiceClient, ClassifyRequest, GenerationParams, Input,
+        ListModelsRequest, ScoreItem, ScoreRequest,
     };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
     let cfg = rllr_server::ServerConfig::load_from([
@@ -126,6 +128,10 @@ async fn smollm2_embedded_default_serves_the_quickstart_models() {
         root,
     ])
     .unwrap();
+    let policy = cfg
+        .default_policy_model
+        .clone()
+        .expect("the embedded default names its policy");
     let server = common::start(cfg).await;
     let ch = tonic::transport::Endpoint::from_shared(common::url(&server))
         .unwrap()
@@ -139,20 +145,24 @@ async fn smollm2_embedded_default_serves_the_quickstart_models() {
         .into_inner()
         .models;
     let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    for want in ["rllr-mixed", "rm-label", "rm-rationale"] {
+    for want in [policy.as_str(), "rm-label", "rm-rationale"] {
         assert!(names.contains(&want), "{want} not served: {names:?}");
     }
-    let (a, b) = (
-        "he put a turkey in the oven",
-        "he put an elephant in the oven",
-    );
-    let mut reward = RewardServiceClient::new(ch.clone());
-    let scored = reward
+    let text = |t: &str| {
+        Some(Input {
+            text: t.into(),
+            text_pair: None,
+        })
+    };
+    let review = "a gripping , funny and deeply moving film";
+    let item = |label: &str| ScoreItem {
+        input: text(review),
+        rationale: format!("The sentiment of this movie review sentence is {label}."),
+        label: label.into(),
+    };
+    let scored = RewardServiceClient::new(ch.clone())
         .score(ScoreRequest {
-            items: vec![
-                common::item(a, b, "an elephant is too big for an oven", "second"),
-                common::item(a, b, "an elephant is too big for an oven", "first"),
-            ],
+            items: vec![item("positive"), item("negative")],
             label_model: "rm-label".into(),
             rationale_model: "rm-rationale".into(),
             ..Default::default()
@@ -166,37 +176,60 @@ async fn smollm2_embedded_default_serves_the_quickstart_models() {
         assert!(r.label_reward.is_finite() && rat.is_finite());
         assert!((r.mixed_reward - (r.label_reward.min(lambda) + rat)).abs() < 1e-5);
     }
-    let out = PolicyServiceClient::new(ch)
-        .classify(ClassifyRequest {
-            inputs: vec![common::input(a, b).unwrap()],
-            model: "rllr-mixed".into(),
-            params: Some(GenerationParams {
-                max_new_tokens: Some(48),
+
+    let dev: Vec<serde_json::Value> = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/sst2/dev.jsonl"
+    ))
+    .unwrap()
+    .lines()
+    .take(64)
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
+    let mut client = PolicyServiceClient::new(ch);
+    let (mut right, mut positive_gold) = (0usize, 0usize);
+    for chunk in dev.chunks(16) {
+        let out = client
+            .classify(ClassifyRequest {
+                inputs: chunk
+                    .iter()
+                    .map(|ex| text(ex["input"].as_str().unwrap()).unwrap())
+                    .collect(),
+                model: policy.clone(),
+                params: Some(GenerationParams {
+                    max_new_tokens: Some(48),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let c = &out.results[0];
-    eprintln!("rllr-mixed: {c:?}");
-    assert!(
-        ["first", "second", ""].contains(&c.label.as_str()),
-        "label {} outside the task's label set",
-        c.label
-    );
-    assert!(!c.text.is_empty());
-    // "Statement 1" / "Statement 2" share their first token: the probabilities are read where
-    // the labels part (" 1" / " 2"), so they are not an even split
-    if !c.label.is_empty() {
-        let p: Vec<f32> = c.probabilities.iter().map(|p| p.probability).collect();
-        assert_eq!(p.len(), 2);
-        assert!((p[0] + p[1] - 1.0).abs() < 1e-4, "{p:?}");
-        assert!(
-            (p[0] - p[1]).abs() > 1e-4,
-            "an even split means the fork was missed: {p:?}"
-        );
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for (ex, c) in chunk.iter().zip(&out.results) {
+            let gold = ex["label"].as_str().unwrap();
+            assert!(
+                ["negative", "positive", ""].contains(&c.label.as_str()),
+                "label {} outside the task's label set",
+                c.label
+            );
+            right += usize::from(c.label == gold);
+            positive_gold += usize::from(gold == "positive");
+            if !c.label.is_empty() {
+                let p: f32 = c.probabilities.iter().map(|p| p.probability).sum();
+                assert!((p - 1.0).abs() < 1e-4, "{:?}", c.probabilities);
+            }
+        }
     }
+    let n = dev.len() as f64;
+    let majority = positive_gold.max(dev.len() - positive_gold) as f64 / n;
+    let accuracy = right as f64 / n;
+    eprintln!(
+        "{policy}: {right}/{} right, majority rate {majority:.3}",
+        dev.len()
+    );
+    assert!(
+        accuracy >= majority + 0.10,
+        "served policy {policy}: accuracy {accuracy:.3} on 64 dev examples, majority rate {majority:.3}"
+    );
     server.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -1,4 +1,4 @@
-//! `rllr-train eval`: how good a policy or a reward model is (method.md §7).
+//! `rllr-train eval`: how good a policy or a reward model is (docs/method.md §7).
 //!
 //! A policy answers a task split with greedy generations; each answer is parsed strictly (D9:
 //! unparseable counts as wrong) into accuracy, per-label precision/recall, a confusion matrix, the
@@ -307,7 +307,7 @@ pub fn score_pairs(
 }
 
 /// Tokenise pairs: prompt from the pair's input, each response + template end + EOS, both cut
-/// with the proportion of the longer response (method.md §2.3).
+/// with the proportion of the longer response (docs/method.md §2.3).
 pub fn encode_pairs(
     loaded: &stage::Loaded,
     task: &TaskSpec,

@@ -1,5 +1,5 @@
 //! `rllr-train reward`: a reward model = base (normally M_sft) + a fresh LoRA + a `score` head,
-//! trained on preference pairs (method.md §4, §5.2). The loss is last-token Bradley–Terry by
+//! trained on preference pairs (docs/method.md §4, §5.2). The loss is last-token Bradley–Terry by
 //! default or the released code's divergent-span loss; both read the head at the last real token
 //! for metrics. The same command makes the label-sensitive RM (RLLR, label pairs) and the
 //! rationale-sensitive RM (RLHF, rationale pairs); held-out pair files are evaluated separately.

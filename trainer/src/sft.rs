@@ -1,4 +1,4 @@
-//! `rllr-train sft`: supervised fine-tuning with a completion-only causal-LM loss (method.md §5.1):
+//! `rllr-train sft`: supervised fine-tuning with a completion-only causal-LM loss (docs/method.md §5.1):
 //! the prompt is masked, the response and its EOS are targets, and targets are either a rationale
 //! plus the answer line (CoT) or the answer line alone. A fresh LoRA adapter is trained and then
 //! merged into the base, which gives M_sft, the starting point of every later stage.

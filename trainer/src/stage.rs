@@ -1,7 +1,7 @@
 //! What every stage does before its loop: open and check the starting checkpoint, load its
 //! tokenizer and chat template, and turn task examples and pairs into token ids the same way for
 //! training and for evaluation (prompt = chat template around `TaskSpec::query`, response =
-//! `rationale\nAnswer: label` + the template's end + EOS, proportional truncation of method.md §2.3).
+//! `rationale\nAnswer: label` + the template's end + EOS, proportional truncation of docs/method.md §2.3).
 
 use std::path::Path;
 
@@ -118,7 +118,7 @@ pub fn response_ids(
     Ok(ids)
 }
 
-/// Cut (prompt, response) to at most `cutoff` tokens in proportion to their lengths (method.md
+/// Cut (prompt, response) to at most `cutoff` tokens in proportion to their lengths (docs/method.md
 /// §2.3): `max_src = ⌊cutoff·src/(src+tgt)⌋`, `max_tgt = ⌊cutoff·tgt/(src+tgt)⌋`, both cut on the
 /// right. `tgt_len` is the length the proportion is computed with (the longer response for pairs).
 pub fn proportional_cut(src: usize, tgt_len: usize, cutoff: usize) -> (usize, usize) {

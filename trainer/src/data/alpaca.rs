@@ -1,4 +1,4 @@
-//! Interop with the reference code's data files (method.md §2.1): a JSON array of alpaca records
+//! Interop with the reference code's data files (docs/method.md §2.1): a JSON array of alpaca records
 //! `{instruction, input, output}`, where `output` is a response string, or `[chosen, rejected]`
 //! for pair sets. Users of the paper's code can bring their data in and take ours out.
 //!

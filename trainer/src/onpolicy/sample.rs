@@ -48,7 +48,7 @@ pub struct SamplerArgs {
     /// Samples per prompt: enough that a prompt usually gets both a right and a wrong answer.
     #[arg(long, env = "RLLR_K", default_value_t = 8)]
     pub k: usize,
-    /// Sampling temperature; 1.0 as PPO's rollouts (method.md §5.4.1), so the samples follow the
+    /// Sampling temperature; 1.0 as PPO's rollouts (docs/method.md §5.4.1), so the samples follow the
     /// policy's own distribution.
     #[arg(long, env = "RLLR_TEMPERATURE", default_value_t = 1.0)]
     pub temperature: f32,

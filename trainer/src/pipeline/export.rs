@@ -1,6 +1,6 @@
 //! Shipping a pipeline's results as the embedded default: the small pieces (the SFT adapter that
 //! makes M_sft from the public base, the reward models' adapters + heads, the PPO policy
-//! adapters) are copied under `[pipeline] export_dir/<task>/` with their bases rewritten as paths
+//! adapters, and the SFT-without-rationales adapter of the baseline) are copied under `[pipeline] export_dir/<task>/` with their bases rewritten as paths
 //! relative to each adapter directory — `sft/` on the base model, the others on `../sft` — so the
 //! tree works wherever it lands next to the base (`rllr-server` merges the chain when it loads).
 //! The 540 MB merged M_sft is never copied.
@@ -13,8 +13,9 @@ use rllr_core::fsutil::{write_dir_atomic, write_file_atomic};
 use serde_json::Value;
 
 /// (shipped name, source directory under `<run_dir>/<task>/`, built on M_sft?)
-const PIECES: [(&str, &str, bool); 6] = [
+const PIECES: [(&str, &str, bool); 7] = [
     ("sft", "sft/adapter", false),
+    ("sft-norat", "sft-norat/adapter", false),
     ("rm-label", "rm-label/model", true),
     ("rm-rationale", "rm-rationale/model", true),
     ("rlhf", "ppo-rlhf/model", true),

@@ -1,4 +1,4 @@
-//! `rllr-train pipeline CONFIG`: the whole method in one command (method.md §1). For every task
+//! `rllr-train pipeline CONFIG`: the whole method in one command (docs/method.md §1). For every task
 //! of the config it plans the stages (rationales → pairs → SFT without and with rationales → RM
 //! label and RM rationale → diagnose → PPO rlhf, rllr, rllr-mixed → evaluation on the test split,
 //! best-of-N included; on-policy pairs come after SFT), skips the

@@ -1,4 +1,4 @@
-//! `[ppo]`: every setting of the PPO stage (method.md §5.3–5.4, §6.1) in one place, read from the
+//! `[ppo]`: every setting of the PPO stage (docs/method.md §5.3–5.4, §6.1) in one place, read from the
 //! TOML file and overridable by flags / `RLLR_*` variables like every other stage. Defaults are the
 //! released code's (TRL 0.7.2 semantics); what the quickstart changes is in its config file.
 
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::train::config::{overridable, LoraSection, TrainConfig};
 
-/// What the task reward of a rollout is (method.md §5.3, D6, D8).
+/// What the task reward of a rollout is (docs/method.md §5.3, D6, D8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum RewardMode {
@@ -125,7 +125,7 @@ overridable! {
             max_prompt_len: usize = 512, "RLLR_MAX_PROMPT_LEN";
             /// Rollout length cap (a response that hits it is scored at its last token, quirk 3).
             max_new_tokens: usize = 256, "RLLR_MAX_NEW_TOKENS";
-            /// Rollout sampling temperature (method.md §5.4.1: 1.0).
+            /// Rollout sampling temperature (docs/method.md §5.4.1: 1.0).
             temperature: f32 = 1.0, "RLLR_TEMPERATURE";
             /// Rollout top-k (implicit 50 in the released code, D13; 0: off).
             top_k: usize = 50, "RLLR_TOP_K";
@@ -184,7 +184,7 @@ overridable! {
             /// Rationale-sensitive RM directory (rllr-train reward on rationale pairs).
             reward_model_rationale: PathBuf, "RLLR_REWARD_MODEL_RATIONALE";
             /// RM whose adapter + head initialise the value model (default: the label RM for rllr and
-            /// rllr-mixed, the rationale RM for rlhf, as method.md §4).
+            /// rllr-mixed, the rationale RM for rlhf, as docs/method.md §4).
             value_model: PathBuf, "RLLR_VALUE_MODEL";
             /// Held-out examples with gold rationales for --lambda auto (e.g. the dev split).
             lambda_data: PathBuf, "RLLR_LAMBDA_DATA";

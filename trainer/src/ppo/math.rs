@@ -1,4 +1,4 @@
-//! The arithmetic of a PPO step, exactly as TRL 0.7.2 does it (method.md §5.4.2–5.4.5), kept
+//! The arithmetic of a PPO step, exactly as TRL 0.7.2 does it (docs/method.md §5.4.2–5.4.5), kept
 //! apart from models and I/O so each piece is checked against hand-computed numbers: running score
 //! moments, the adaptive KL controller, per-token rewards with the KL penalty, GAE, masked
 //! whitening, and the clipped policy and value losses.
@@ -151,7 +151,7 @@ pub struct LossParams {
 }
 
 impl Default for LossParams {
-    /// The released settings (method.md §6.1): clip 0.2, value clip 0.2, vf_coef 0.1, threshold 10.
+    /// The released settings (docs/method.md §6.1): clip 0.2, value clip 0.2, vf_coef 0.1, threshold 10.
     fn default() -> Self {
         Self {
             cliprange: 0.2,

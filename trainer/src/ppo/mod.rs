@@ -1,5 +1,5 @@
 //! `rllr-train ppo`: PPO against a label-sensitive, rationale-sensitive or mixed reward
-//! (method.md §5.3–5.4, TRL 0.7.2 semantics), on one frozen M_sft with named LoRA adapters for the
+//! (docs/method.md §5.3–5.4, TRL 0.7.2 semantics), on one frozen M_sft with named LoRA adapters for the
 //! policy, the value model and the reward models, switched per forward, so the base is held once.
 //!
 //! A step: take the next `batch_size` prompts (seeded per-epoch shuffle), sample one response each
@@ -234,7 +234,7 @@ pub struct LambdaSpec<'a> {
     pub limit: usize,
     /// The percentile (0–100) of the scores that becomes λ.
     pub percentile: f64,
-    /// Token cap of prompt + response (proportional cut, method.md §2.3).
+    /// Token cap of prompt + response (proportional cut, docs/method.md §2.3).
     pub cutoff: usize,
 }
 
@@ -385,7 +385,7 @@ impl RewardFn for Scorer<'_> {
     }
 }
 
-/// The mixed reward of method.md §5.3 and its variants.
+/// The mixed reward of docs/method.md §5.3 and its variants.
 pub fn combine(
     mode: RewardMode,
     lambda: f64,

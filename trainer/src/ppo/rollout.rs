@@ -1,4 +1,4 @@
-//! Rollouts and the passes over them: sampling responses from the policy adapter (method.md
+//! Rollouts and the passes over them: sampling responses from the policy adapter (docs/method.md
 //! §5.4.1), and the batched forwards that read per-token log-probs (policy or reference), per-token
 //! values (value adapter + head) and last-token rewards (a reward model's adapter + head) of
 //! query ⊕ response sequences. Everything here is a pure function of the model, the adapter named

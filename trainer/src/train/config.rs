@@ -92,7 +92,7 @@ macro_rules! stage_args {
 pub(crate) use stage_args;
 
 overridable! {
-    /// `[train]`: the optimisation loop shared by every stage (method.md §6.1 defaults).
+    /// `[train]`: the optimisation loop shared by every stage (docs/method.md §6.1 defaults).
     TrainConfig / TrainArgs {
         value {
             /// Peak learning rate.
@@ -137,7 +137,7 @@ overridable! {
 }
 
 overridable! {
-    /// `[lora]`: the adapter trained by the stage (method.md §4 defaults).
+    /// `[lora]`: the adapter trained by the stage (docs/method.md §4 defaults).
     LoraSection / LoraArgs {
         value {
             /// LoRA rank.

@@ -1,4 +1,4 @@
-//! The losses of SFT and reward modelling (method.md §5.1–5.2), written as composite candle ops so
+//! The losses of SFT and reward modelling (docs/method.md §5.1–5.2), written as composite candle ops so
 //! that every one of them has a backward pass, and kept apart from the models so that each can be
 //! checked against hand-computed numbers.
 
@@ -83,7 +83,7 @@ pub fn bradley_terry(
     loss + (c * center)?
 }
 
-/// The span `[d, e)` of the divergent-span loss for one pair (method.md §5.2a): `d` = first
+/// The span `[d, e)` of the divergent-span loss for one pair (docs/method.md §5.2a): `d` = first
 /// position where the padded token rows differ, `e` = max of the real lengths; identical rows give
 /// `e = len_c`, `d = e − 1`.
 pub fn divergent_span(
