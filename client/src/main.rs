@@ -17,6 +17,16 @@ use rllr_client::{v1, Client, ClientConfig, RetryPolicy};
 struct Cli {
     #[command(flatten)]
     conn: Conn,
+    /// Log lines on stderr: `text` for people, `json` (one object per line) when a job runner
+    /// collects them. The level comes from RLLR_CLIENT_LOG (default `warn`).
+    #[arg(
+        long,
+        env = "RLLR_CLIENT_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: rllr_cli::LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -28,37 +38,47 @@ struct Conn {
     /// one server going down does not stop the work.
     #[arg(
         long = "endpoint",
-        env = "RLLR_ENDPOINTS",
+        env = "RLLR_CLIENT_ENDPOINTS",
         value_delimiter = ',',
         default_value = "http://127.0.0.1:50051",
         global = true
     )]
     endpoints: Vec<String>,
-    /// Bearer token, when the server runs with --api-key (the same variable name, so one setting
-    /// serves both sides).
-    #[arg(long, env = "RLLR_API_KEY", hide_env_values = true, global = true)]
+    /// Bearer token, when the server runs with --api-key (the server reads its own
+    /// RLLR_SERVER_API_KEY, so a shell that runs both sets each side explicitly).
+    #[arg(
+        long,
+        env = "RLLR_CLIENT_API_KEY",
+        hide_env_values = true,
+        global = true
+    )]
     api_key: Option<String>,
     /// PEM CA certificate that signed the server's TLS certificate; needed for https endpoints
     /// because servers of internal services use private CAs.
-    #[arg(long, env = "RLLR_CA_CERT", global = true)]
+    #[arg(long, env = "RLLR_CLIENT_CA_CERT", global = true)]
     ca_cert: Option<PathBuf>,
     /// Name to check the server certificate against, when it differs from the endpoint's host
     /// (e.g. connecting by IP).
-    #[arg(long, env = "RLLR_TLS_DOMAIN", global = true)]
+    #[arg(long, env = "RLLR_CLIENT_TLS_DOMAIN", global = true)]
     tls_domain: Option<String>,
     /// Seconds one call may take, retries and backoff included: a deadline, so a script never
     /// hangs on a stuck server (0 = no deadline).
-    #[arg(long, env = "RLLR_TIMEOUT_S", default_value_t = 60.0, global = true)]
+    #[arg(
+        long,
+        env = "RLLR_CLIENT_TIMEOUT_S",
+        default_value_t = 60.0,
+        global = true
+    )]
     timeout_s: f64,
     /// Attempts per call on UNAVAILABLE / RESOURCE_EXHAUSTED (server restarting, queue full),
     /// with exponential backoff and jitter; never past the deadline.
-    #[arg(long, env = "RLLR_ATTEMPTS", default_value_t = 5, global = true)]
+    #[arg(long, env = "RLLR_CLIENT_ATTEMPTS", default_value_t = 5, global = true)]
     attempts: u32,
     /// Output of the one-off commands: an aligned table for people, JSON (one object per line)
     /// for scripts.
     #[arg(
         long,
-        env = "RLLR_OUTPUT",
+        env = "RLLR_CLIENT_OUTPUT",
         value_enum,
         default_value = "table",
         global = true
@@ -76,17 +96,17 @@ enum OutputFormat {
 #[derive(Args, Debug)]
 struct Inputs {
     /// The text to send (repeat the flag for several); for more, use --file.
-    #[arg(long, env = "RLLR_TEXT")]
+    #[arg(long, env = "RLLR_CLIENT_TEXT")]
     text: Vec<String>,
     /// The second text of a pair task (e.g. the hypothesis), applied to every --text.
-    #[arg(long, env = "RLLR_TEXT_PAIR")]
+    #[arg(long, env = "RLLR_CLIENT_TEXT_PAIR")]
     text_pair: Option<String>,
     /// Read records from this JSONL or CSV file instead ('-' = stdin), so piped data needs no
     /// temporary file; fields id, text|input, text_pair, label, rationale.
-    #[arg(long, env = "RLLR_FILE")]
+    #[arg(long, env = "RLLR_CLIENT_FILE")]
     file: Option<PathBuf>,
     /// Format of --file; by default from its extension (.csv, else JSONL).
-    #[arg(long, env = "RLLR_INPUT_FORMAT", value_enum)]
+    #[arg(long, env = "RLLR_CLIENT_INPUT_FORMAT", value_enum)]
     input_format: Option<Format>,
 }
 
@@ -135,13 +155,13 @@ impl Inputs {
 #[derive(Args, Debug)]
 struct RewardModels {
     /// Label-sensitive reward model; empty = the server's default reward model.
-    #[arg(long, env = "RLLR_LABEL_MODEL", default_value = "")]
+    #[arg(long, env = "RLLR_CLIENT_LABEL_MODEL", default_value = "")]
     label_model: String,
     /// Rationale reward model; when set the mixed reward is min(r_label, lambda) + r_rationale.
-    #[arg(long, env = "RLLR_RATIONALE_MODEL", default_value = "")]
+    #[arg(long, env = "RLLR_CLIENT_RATIONALE_MODEL", default_value = "")]
     rationale_model: String,
     /// Cap on the label reward in the mix (default: the server's).
-    #[arg(long, env = "RLLR_LAMBDA")]
+    #[arg(long, env = "RLLR_CLIENT_LAMBDA")]
     lambda: Option<f32>,
 }
 
@@ -149,20 +169,20 @@ struct RewardModels {
 #[derive(Args, Debug)]
 struct Generation {
     /// Policy model; empty = the server's default policy model.
-    #[arg(long, env = "RLLR_MODEL", default_value = "")]
+    #[arg(long, env = "RLLR_CLIENT_MODEL", default_value = "")]
     model: String,
     /// Limit on generated tokens (rationale + answer); bounds latency and cost per input.
-    #[arg(long, env = "RLLR_MAX_NEW_TOKENS")]
+    #[arg(long, env = "RLLR_CLIENT_MAX_NEW_TOKENS")]
     max_new_tokens: Option<u32>,
     /// Sampling temperature; 0 = greedy, which makes results reproducible (and a resumed batch
     /// job equal to an uninterrupted one).
-    #[arg(long, env = "RLLR_TEMPERATURE", default_value_t = 0.0)]
+    #[arg(long, env = "RLLR_CLIENT_TEMPERATURE", default_value_t = 0.0)]
     temperature: f32,
     /// RNG seed for sampling at temperature > 0, for reproducible samples.
-    #[arg(long, env = "RLLR_SEED", default_value_t = 0)]
+    #[arg(long, env = "RLLR_CLIENT_SEED", default_value_t = 0)]
     seed: u64,
     /// System text for the chat template (default: the template's).
-    #[arg(long, env = "RLLR_SYSTEM")]
+    #[arg(long, env = "RLLR_CLIENT_SYSTEM")]
     system: Option<String>,
 }
 
@@ -184,15 +204,15 @@ enum Cmd {
         #[command(flatten)]
         inputs: Inputs,
         /// Rationale of the response to score (with --text; a file gives one per record).
-        #[arg(long, env = "RLLR_RATIONALE", default_value = "")]
+        #[arg(long, env = "RLLR_CLIENT_RATIONALE", default_value = "")]
         rationale: String,
         /// Label the response argues for (with --text; a file gives one per record).
-        #[arg(long, env = "RLLR_LABEL")]
+        #[arg(long, env = "RLLR_CLIENT_LABEL")]
         label: Option<String>,
         #[command(flatten)]
         models: RewardModels,
         /// Report sigmoid(score) instead of raw head outputs, to read scores as probabilities.
-        #[arg(long, env = "RLLR_SIGMOID")]
+        #[arg(long, env = "RLLR_CLIENT_SIGMOID")]
         sigmoid: bool,
     },
     /// Classify inputs with a rationale each.
@@ -203,28 +223,28 @@ enum Cmd {
         gen: Generation,
         /// Best-of-n: sample n responses per input and keep the highest-reward one (needs a
         /// reward model on the server); trades n x compute for accuracy.
-        #[arg(long, env = "RLLR_BEST_OF_N", default_value_t = 0)]
+        #[arg(long, env = "RLLR_CLIENT_BEST_OF_N", default_value_t = 0)]
         best_of_n: u32,
     },
     /// Which of two responses to one input the reward model prefers.
     Compare {
         /// The input both responses answer.
-        #[arg(long, env = "RLLR_TEXT")]
+        #[arg(long, env = "RLLR_CLIENT_TEXT")]
         text: String,
         /// The second text of a pair task.
-        #[arg(long, env = "RLLR_TEXT_PAIR")]
+        #[arg(long, env = "RLLR_CLIENT_TEXT_PAIR")]
         text_pair: Option<String>,
         /// Rationale of response A.
-        #[arg(long, env = "RLLR_A_RATIONALE", default_value = "")]
+        #[arg(long, env = "RLLR_CLIENT_A_RATIONALE", default_value = "")]
         a_rationale: String,
         /// Label of response A.
-        #[arg(long, env = "RLLR_A_LABEL")]
+        #[arg(long, env = "RLLR_CLIENT_A_LABEL")]
         a_label: String,
         /// Rationale of response B.
-        #[arg(long, env = "RLLR_B_RATIONALE", default_value = "")]
+        #[arg(long, env = "RLLR_CLIENT_B_RATIONALE", default_value = "")]
         b_rationale: String,
         /// Label of response B.
-        #[arg(long, env = "RLLR_B_LABEL")]
+        #[arg(long, env = "RLLR_CLIENT_B_LABEL")]
         b_label: String,
         #[command(flatten)]
         models: RewardModels,
@@ -232,14 +252,17 @@ enum Cmd {
     /// List the served models, or describe one (to see its labels and limits before sending).
     Models {
         /// Describe just this model.
-        #[arg(long, env = "RLLR_MODEL_NAME")]
+        #[arg(long, env = "RLLR_CLIENT_MODEL_NAME")]
         name: Option<String>,
     },
+    /// Version, git commit, device and uptime of the server (the first endpoint that answers):
+    /// which build a deployment runs.
+    Info,
     /// Check grpc.health.v1 on every endpoint; exits non-zero unless all serve (for probes).
     Health {
         /// Service to check: "" (the server), rllr.v1.RewardService, rllr.v1.PolicyService,
         /// rllr.v1.ModelService.
-        #[arg(long, env = "RLLR_SERVICE", default_value = "")]
+        #[arg(long, env = "RLLR_CLIENT_SERVICE", default_value = "")]
         service: String,
     },
     /// Classify a JSONL/CSV file into a JSONL output; resumable (rerun the same command after a
@@ -250,48 +273,53 @@ enum Cmd {
 #[derive(Args, Debug)]
 struct BatchArgs {
     /// Input JSONL or CSV ('-' = stdin): fields id, text|input, text_pair, label (gold, optional).
-    #[arg(long, env = "RLLR_BATCH_INPUT")]
+    #[arg(long, env = "RLLR_CLIENT_BATCH_INPUT")]
     input: PathBuf,
     /// Output JSONL; rows already there are kept and their ids skipped, which is what makes a
     /// rerun resume.
-    #[arg(long, env = "RLLR_BATCH_OUTPUT")]
+    #[arg(long, env = "RLLR_CLIENT_BATCH_OUTPUT")]
     out: PathBuf,
     /// Format of --input; by default from its extension (.csv, else JSONL).
-    #[arg(long, env = "RLLR_INPUT_FORMAT", value_enum)]
+    #[arg(long, env = "RLLR_CLIENT_INPUT_FORMAT", value_enum)]
     input_format: Option<Format>,
     /// Requests in flight at once, over all streams and endpoints: enough to keep the servers'
     /// batchers full, few enough not to overflow their queues.
-    #[arg(long, env = "RLLR_CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "RLLR_CLIENT_CONCURRENCY", default_value_t = 8)]
     concurrency: usize,
     /// Inputs per request (the server batches across requests anyway; larger means fewer
     /// messages but more work redone when a stream breaks).
-    #[arg(long, env = "RLLR_BATCH_SIZE", default_value_t = 1)]
+    #[arg(long, env = "RLLR_CLIENT_BATCH_SIZE", default_value_t = 1)]
     batch_size: usize,
     /// Bidi streams to open (default: one per endpoint, and one per 8 of concurrency).
-    #[arg(long, env = "RLLR_STREAMS")]
+    #[arg(long, env = "RLLR_CLIENT_STREAMS")]
     streams: Option<usize>,
     #[command(flatten)]
     gen: Generation,
     /// A malformed record or a duplicate id: skip it with a warning (the first occurrence of an
     /// id wins), or fail before sending anything so the input can be fixed.
-    #[arg(long, env = "RLLR_ON_BAD_RECORD", value_enum, default_value = "skip")]
+    #[arg(
+        long,
+        env = "RLLR_CLIENT_ON_BAD_RECORD",
+        value_enum,
+        default_value = "skip"
+    )]
     on_bad_record: OnBadRecord,
     /// Rows between fsyncs of the output: how many rows a power cut may cost (a killed process
     /// loses none).
-    #[arg(long, env = "RLLR_CHECKPOINT_EVERY", default_value_t = 64)]
+    #[arg(long, env = "RLLR_CLIENT_CHECKPOINT_EVERY", default_value_t = 64)]
     checkpoint_every: usize,
     /// Seconds a stream may go without a reply before it is reopened (a stuck server).
-    #[arg(long, env = "RLLR_REQUEST_TIMEOUT_S", default_value_t = 300.0)]
+    #[arg(long, env = "RLLR_CLIENT_REQUEST_TIMEOUT_S", default_value_t = 300.0)]
     request_timeout_s: f64,
     /// Seconds without any successful request before the job gives up (long enough to ride out
     /// a server restart).
-    #[arg(long, env = "RLLR_GIVE_UP_AFTER_S", default_value_t = 120.0)]
+    #[arg(long, env = "RLLR_CLIENT_GIVE_UP_AFTER_S", default_value_t = 120.0)]
     give_up_after_s: f64,
     /// No progress bar (it is also hidden when stderr is not a terminal).
-    #[arg(long, env = "RLLR_NO_PROGRESS")]
+    #[arg(long, env = "RLLR_CLIENT_NO_PROGRESS")]
     no_progress: bool,
     /// Test hook: abort after writing N rows, like a crash.
-    #[arg(long, env = "RLLR_STOP_AFTER", hide = true)]
+    #[arg(long, env = "RLLR_CLIENT_STOP_AFTER", hide = true)]
     stop_after: Option<usize>,
 }
 
@@ -523,7 +551,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     .iter()
                     .map(|m| {
                         let l = m.limits.unwrap_or_default();
-                        serde_json::json!({"name": m.name, "kind": kind(m.kind), "task": m.task, "labels": m.labels, "template": m.template, "dtype": m.dtype, "device": m.device, "path": m.path, "head": m.head, "ready": m.ready, "limits": {"max_input_tokens": l.max_input_tokens, "max_new_tokens": l.max_new_tokens, "max_items_per_request": l.max_items_per_request, "max_batch_size": l.max_batch_size, "queue_capacity": l.queue_capacity}})
+                        serde_json::json!({"name": m.name, "kind": kind(m.kind), "task": m.task, "labels": m.labels, "template": m.template, "dtype": m.dtype, "device": m.device, "path": m.path, "head": m.head, "ready": m.ready, "revision": m.revision, "limits": {"max_input_tokens": l.max_input_tokens, "max_new_tokens": l.max_new_tokens, "max_items_per_request": l.max_items_per_request, "max_batch_size": l.max_batch_size, "queue_capacity": l.queue_capacity}})
                     })
                     .collect();
                 json_lines(&rows)?;
@@ -537,10 +565,30 @@ async fn run(cli: Cli) -> Result<i32> {
                             m.task.clone(),
                             m.labels.join(","),
                             m.ready.to_string(),
+                            short_revision(&m.revision),
                         ]
                     })
                     .collect();
-                table(&["name", "kind", "task", "labels", "ready"], &t);
+                table(&["name", "kind", "task", "labels", "ready", "revision"], &t);
+            }
+        }
+        Cmd::Info => {
+            let i = c.server_info().await?;
+            if json {
+                json_lines(&[
+                    serde_json::json!({"version": i.version, "git_sha": i.git_sha, "device": i.device, "dtype": i.dtype, "uptime_s": i.uptime_s}),
+                ])?;
+            } else {
+                table(
+                    &["version", "git_sha", "device", "dtype", "uptime_s"],
+                    &[vec![
+                        i.version,
+                        i.git_sha,
+                        i.device,
+                        i.dtype,
+                        i.uptime_s.to_string(),
+                    ]],
+                );
             }
         }
         Cmd::Health { service } => {
@@ -606,15 +654,24 @@ async fn run(cli: Cli) -> Result<i32> {
     Ok(0)
 }
 
+/// `sha256:` + the first 12 hex digits: enough to tell revisions apart in a table (`--output
+/// json` has the full hash).
+fn short_revision(r: &str) -> String {
+    r.chars().take("sha256:".len() + 12).collect()
+}
+
+/// The environment prefix of every `rllr` flag.
+const ENV_PREFIX: &str = "RLLR_CLIENT_";
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RLLR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    use clap::CommandFactory;
+    // Before any thread starts: honour the pre-0.2 shared `RLLR_*` names for one release.
+    let legacy = rllr_cli::adopt_legacy_env(&Cli::command(), ENV_PREFIX, "RLLR_");
     let cli = Cli::parse();
+    rllr_cli::init_logging(cli.log_format, "RLLR_CLIENT_LOG", "warn");
+    for l in &legacy {
+        l.warn();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

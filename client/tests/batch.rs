@@ -42,7 +42,7 @@ fn batch_cmd(url: &str, input: &Path, out: &Path, extra: &[&str]) -> Command {
     .arg("--out")
     .arg(out)
     .args(extra)
-    .env_remove("RLLR_API_KEY")
+    .env_remove("RLLR_CLIENT_API_KEY")
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     c
@@ -161,9 +161,12 @@ async fn killed_three_times_and_resumed_equals_an_uninterrupted_run() {
             "finish_reason",
             "generated_tokens",
             "model",
+            "model_revision",
         ] {
             assert_eq!(g[f], r[f], "{id}.{f}");
         }
+        let rev = g["model_revision"].as_str().unwrap();
+        assert!(rev.starts_with("sha256:") && rev.len() == 71, "{id}: {rev}");
         let (a, b) = (
             g["confidence"].as_f64().unwrap(),
             r["confidence"].as_f64().unwrap(),

@@ -11,6 +11,8 @@ use rllr_server::testutil::{config, model_root, start, url};
 fn rllr(args: &[&str], stdin: Option<&str>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rllr"));
     c.args(args)
+        .env_remove("RLLR_CLIENT_API_KEY")
+        .env_remove("RLLR_CLIENT_ENDPOINTS")
         .env_remove("RLLR_API_KEY")
         .env_remove("RLLR_ENDPOINTS")
         .stdin(Stdio::piped())
@@ -88,6 +90,14 @@ async fn one_off_commands_auth_failover_and_errors() {
     let names: Vec<_> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["pol", "pol-chat", "rm", "rm2"]);
     assert_eq!(models[2]["kind"], "reward");
+    assert!(models[2]["revision"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+
+    let info = json_lines(&run(&with(&base, &["info"]), None).await);
+    assert_eq!(info[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info[0]["device"], "cpu");
 
     let c = json_lines(
         &run(
@@ -263,4 +273,16 @@ async fn tls_with_a_private_ca() {
     let o = run(&["--endpoint", &plain, "--timeout-s", "3", "models"], None).await;
     assert!(!o.status.success());
     server.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+#[test]
+fn the_command_line_follows_the_conventions() {
+    rllr_cli::conformance::check_binary(
+        std::path::Path::new(env!("CARGO_BIN_EXE_rllr")),
+        &[
+            (&[], "RLLR_CLIENT_API_KEY"),
+            (&["batch"], "RLLR_CLIENT_API_KEY"),
+            (&[], "RLLR_API_KEY"),
+        ],
+    );
 }

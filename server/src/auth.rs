@@ -70,13 +70,16 @@ impl Auth {
     }
 }
 
-/// Constant-time string equality (no early exit on the first differing byte).
+/// Constant-time token equality: both sides are hashed first, so neither the first differing
+/// byte nor the token's length shows in the time taken, then the digests are compared without an
+/// early exit.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    use sha2::{Digest, Sha256};
+    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 #[cfg(test)]
@@ -115,5 +118,14 @@ mod tests {
             open.check(&md(None), Role::Admin),
             Err(Error::PermissionDenied(_))
         ));
+    }
+
+    #[test]
+    fn tokens_compare_by_content_only() {
+        assert!(same("sesame", "sesame"));
+        assert!(!same("sesame", "sesamf"));
+        assert!(!same("sesame", "sesame "));
+        assert!(!same("", "x"));
+        assert!(same("", ""));
     }
 }

@@ -108,7 +108,7 @@ impl QueueSender {
                 )));
             }
         }
-        metrics::gauge!("rllr_queue_size", "model" => self.model.clone())
+        metrics::gauge!("rllr_queue_depth", "model" => self.model.clone())
             .set(self.queued.load(Ordering::SeqCst) as f64);
         Ok(())
     }
@@ -139,6 +139,8 @@ pub struct Batcher {
 pub fn queue(model: &str, capacity: usize, settings: BatchSettings) -> (QueueSender, Batcher) {
     let (tx, rx) = std::sync::mpsc::channel();
     let queued = Arc::new(AtomicUsize::new(0));
+    metrics::gauge!("rllr_queue_capacity", "model" => model.to_string()).set(capacity as f64);
+    metrics::gauge!("rllr_queue_depth", "model" => model.to_string()).set(0.0);
     (
         QueueSender {
             tx,
@@ -229,7 +231,7 @@ impl Batcher {
 
     fn taken(&self, n: usize) {
         let left = self.queued.fetch_sub(n, Ordering::SeqCst) - n;
-        metrics::gauge!("rllr_queue_size", "model" => self.model.clone()).set(left as f64);
+        metrics::gauge!("rllr_queue_depth", "model" => self.model.clone()).set(left as f64);
     }
 
     /// The next scoring batch, FIFO: as many jobs as fit `max_batch_size` rows and

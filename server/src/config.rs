@@ -2,7 +2,8 @@
 //!
 //! Values come from, in rising precedence: the embedded default (`server/server.toml`), the file
 //! given by `--config`, environment variables, command-line flags. Every field is both a TOML key
-//! and a `--flag`/`RLLR_*` variable so deployments can use whichever they manage.
+//! and a `--flag`/`RLLR_SERVER_*` variable so deployments can use whichever they manage (the old
+//! `RLLR_*` names are still read, with a deprecation warning, for one release).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
+use rllr_cli::LogFormat;
 use serde::{Deserialize, Serialize};
 
 /// The configuration compiled into the binary.
@@ -44,77 +46,95 @@ impl FromStr for ModelSpec {
 pub struct ServerConfig {
     /// TOML file with any of these settings; flags and env override it. Without one the embedded
     /// default (server/server.toml) is served.
-    #[arg(long, env = "RLLR_CONFIG")]
+    #[arg(long, env = "RLLR_SERVER_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// gRPC listen address (port 0 picks a free port).
-    #[arg(long, env = "RLLR_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "RLLR_SERVER_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: String,
     /// Prometheus /metrics listen address; empty disables the listener.
-    #[arg(long, env = "RLLR_METRICS_LISTEN", default_value = "127.0.0.1:9000")]
+    #[arg(
+        long,
+        env = "RLLR_SERVER_METRICS_LISTEN",
+        default_value = "127.0.0.1:9000"
+    )]
     pub metrics_listen: String,
     /// Directory every model path is confined to (LoadModel cannot reach outside it).
-    #[arg(long, env = "RLLR_MODEL_ROOT", default_value = "models")]
+    #[arg(long, env = "RLLR_SERVER_MODEL_ROOT", default_value = "models")]
     pub model_root: PathBuf,
     /// Models to load at start-up, NAME=PATH (PATH relative to --model-root); repeatable.
-    #[arg(long = "model", env = "RLLR_MODELS", value_delimiter = ',')]
+    #[arg(long = "model", env = "RLLR_SERVER_MODELS", value_delimiter = ',')]
     pub models: Vec<ModelSpec>,
     /// Model Score uses when a request names none (default: the first reward model loaded).
-    #[arg(long, env = "RLLR_DEFAULT_REWARD_MODEL")]
+    #[arg(long, env = "RLLR_SERVER_DEFAULT_REWARD_MODEL")]
     pub default_reward_model: Option<String>,
     /// Model Classify uses when a request names none (default: the first policy model loaded).
-    #[arg(long, env = "RLLR_DEFAULT_POLICY_MODEL")]
+    #[arg(long, env = "RLLR_SERVER_DEFAULT_POLICY_MODEL")]
     pub default_policy_model: Option<String>,
     /// Device for the engines: cpu, cuda, cuda:N, metal.
-    #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
+    #[arg(long, env = "RLLR_SERVER_DEVICE", default_value = "cpu")]
     pub device: String,
     /// Weight dtype: f32, f16, bf16 (f32 on CPU keeps scores exact).
-    #[arg(long, env = "RLLR_DTYPE", default_value = "f32")]
+    #[arg(long, env = "RLLR_SERVER_DTYPE", default_value = "f32")]
     pub dtype: String,
     /// Longest prompt (+ response, for scoring) accepted, in tokens; longer is INVALID_ARGUMENT.
-    #[arg(long, env = "RLLR_MAX_INPUT_TOKENS", default_value_t = 2048)]
+    #[arg(long, env = "RLLR_SERVER_MAX_INPUT_TOKENS", default_value_t = 2048)]
     pub max_input_tokens: usize,
     /// Most tokens one classification may generate (requests may ask for fewer).
-    #[arg(long, env = "RLLR_MAX_NEW_TOKENS", default_value_t = 256)]
+    #[arg(long, env = "RLLR_SERVER_MAX_NEW_TOKENS", default_value_t = 256)]
     pub max_new_tokens: usize,
     /// Most items (or inputs) in one request; send more through the streaming RPCs.
-    #[arg(long, env = "RLLR_MAX_ITEMS_PER_REQUEST", default_value_t = 64)]
+    #[arg(long, env = "RLLR_SERVER_MAX_ITEMS_PER_REQUEST", default_value_t = 64)]
     pub max_items_per_request: usize,
     /// Requests served at once; beyond this, RESOURCE_EXHAUSTED at once rather than queueing.
-    #[arg(long, env = "RLLR_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    #[arg(
+        long,
+        env = "RLLR_SERVER_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 512
+    )]
     pub max_concurrent_requests: usize,
     /// Items waiting per model; a request that does not fit gets RESOURCE_EXHAUSTED.
-    #[arg(long, env = "RLLR_QUEUE_CAPACITY", default_value_t = 1024)]
+    #[arg(long, env = "RLLR_SERVER_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
     /// Padded tokens (rows x longest row) per engine batch: bounds memory per forward pass.
-    #[arg(long, env = "RLLR_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    #[arg(long, env = "RLLR_SERVER_MAX_BATCH_TOKENS", default_value_t = 16384)]
     pub max_batch_tokens: usize,
     /// Rows per engine batch (scoring rows, or live sequences in a decode batch); 1 disables batching.
-    #[arg(long, env = "RLLR_MAX_BATCH_SIZE", default_value_t = 64)]
+    #[arg(long, env = "RLLR_SERVER_MAX_BATCH_SIZE", default_value_t = 64)]
     pub max_batch_size: usize,
     /// Microseconds the batcher may wait for more work to fill a scoring batch (0: run as soon as
     /// the engine is free, as TEI does; >0: Triton's max_queue_delay).
-    #[arg(long, env = "RLLR_MAX_DELAY_US", default_value_t = 0)]
+    #[arg(long, env = "RLLR_SERVER_MAX_DELAY_US", default_value_t = 0)]
     pub max_delay_us: u64,
     /// Default cap lambda on the label reward in min(r_label, lambda) + r_rationale (docs/method.md 5.3).
-    #[arg(long, env = "RLLR_LAMBDA", default_value_t = 1.0)]
+    #[arg(long, env = "RLLR_SERVER_LAMBDA", default_value_t = 1.0)]
     pub lambda: f32,
-    /// Bearer token every RPC must carry (unset: no auth; bind to localhost then).
-    #[arg(long, env = "RLLR_API_KEY")]
+    /// Bearer token every RPC must carry (unset: no auth; bind to localhost then). Never printed.
+    #[arg(long, env = "RLLR_SERVER_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Bearer token for LoadModel/UnloadModel (unset: admin RPCs are refused).
-    #[arg(long, env = "RLLR_ADMIN_KEY")]
+    /// Bearer token for LoadModel/UnloadModel (unset: admin RPCs are refused). Never printed.
+    #[arg(long, env = "RLLR_SERVER_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
     /// PEM certificate chain for TLS (with --tls-key); unset serves plaintext.
-    #[arg(long, env = "RLLR_TLS_CERT")]
+    #[arg(long, env = "RLLR_SERVER_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
-    #[arg(long, env = "RLLR_TLS_KEY")]
+    #[arg(long, env = "RLLR_SERVER_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Seconds to drain in-flight requests after SIGTERM/SIGINT before exiting anyway.
-    #[arg(long, env = "RLLR_SHUTDOWN_TIMEOUT_S", default_value_t = 30)]
+    #[arg(long, env = "RLLR_SERVER_SHUTDOWN_TIMEOUT_S", default_value_t = 30)]
     pub shutdown_timeout_s: u64,
+    /// Seconds between turning health NOT_SERVING and closing the listener on SIGTERM, so load
+    /// balancers and Kubernetes endpoints stop sending new calls before the port goes away.
+    #[arg(long, env = "RLLR_SERVER_DRAIN_DELAY_S", default_value_t = 0)]
+    pub drain_delay_s: u64,
+    /// Log lines as human-readable text or JSON objects (for log collectors).
+    #[arg(long, env = "RLLR_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
+
+/// The environment prefix of `rllr-server`'s variables.
+pub const ENV_PREFIX: &str = "RLLR_SERVER_";
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -124,8 +144,14 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// The configuration from the process's flags, env and `--config` file (or the embedded default).
+    /// `--help`, `--version` and flag errors end the process the way clap does (exit 0 on stdout,
+    /// or exit 2 with one message on stderr).
     pub fn load() -> anyhow::Result<Self> {
-        Self::load_from(std::env::args_os())
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if let Err(e) = Self::command().try_get_matches_from(&args) {
+            e.exit();
+        }
+        Self::load_from(args)
     }
 
     /// As [`ServerConfig::load`], from explicit arguments.

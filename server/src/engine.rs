@@ -131,7 +131,7 @@ impl Worker {
             .record(jobs.len() as f64);
         metrics::histogram!("rllr_batch_tokens", "model" => m.clone(), "method" => "score")
             .record(tokens as f64);
-        metrics::histogram!("rllr_batch_inference_duration", "model" => m, "method" => "score")
+        metrics::histogram!("rllr_batch_inference_duration_seconds", "model" => m, "method" => "score")
             .record(inference.as_secs_f64());
         let n = jobs.len();
         match result {
@@ -176,7 +176,7 @@ impl Worker {
             .record(jobs.len() as f64);
         metrics::histogram!("rllr_batch_tokens", "model" => m.clone(), "method" => "prefill")
             .record(tokens as f64);
-        metrics::histogram!("rllr_batch_inference_duration", "model" => m, "method" => "prefill")
+        metrics::histogram!("rllr_batch_inference_duration_seconds", "model" => m, "method" => "prefill")
             .record(t0.elapsed().as_secs_f64());
         let joined = result.and_then(|(new_cache, rows)| {
             match self.cache.as_mut() {
@@ -309,7 +309,7 @@ impl Worker {
         let m = self.spec.model.clone();
         metrics::histogram!("rllr_batch_size", "model" => m.clone(), "method" => "decode")
             .record(next.len() as f64);
-        metrics::histogram!("rllr_batch_inference_duration", "model" => m, "method" => "decode")
+        metrics::histogram!("rllr_batch_inference_duration_seconds", "model" => m, "method" => "decode")
             .record(t0.elapsed().as_secs_f64());
         match result {
             Ok(rows) => {

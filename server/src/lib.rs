@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod models;
 pub mod policy;
 pub mod registry;
+pub mod revision;
 pub mod reward;
 pub mod server;
 pub mod state;
@@ -24,5 +25,10 @@ pub mod testutil;
 pub mod text;
 
 pub use config::ServerConfig;
+
+/// The crate version, as in `rllr-server --version` and `rllr_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit built from (see `build.rs`).
+pub const GIT_SHA: &str = env!("RLLR_GIT_SHA");
 pub use error::{Error, Result};
 pub use server::{start, RunningServer};

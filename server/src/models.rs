@@ -42,6 +42,7 @@ pub fn info(st: &AppState, m: &ModelEntry) -> v1::ModelInfo {
         path: m.rel_path.clone(),
         head: m.head.clone().unwrap_or_default(),
         ready: m.ready(),
+        revision: m.revision.clone(),
     }
 }
 
@@ -111,5 +112,22 @@ impl ModelService for ModelApi {
             self.state.registry.unload(name)
         };
         call.finish(r.map(|_| v1::UnloadModelResponse {}))
+    }
+
+    async fn get_server_info(
+        &self,
+        req: Request<v1::GetServerInfoRequest>,
+    ) -> Result<Response<v1::ServerInfo>, Status> {
+        let call = self
+            .state
+            .begin_light(req.metadata(), "get_server_info", Role::User)?;
+        let c = &self.state.cfg;
+        call.finish(Ok(v1::ServerInfo {
+            version: crate::VERSION.to_string(),
+            git_sha: crate::GIT_SHA.to_string(),
+            device: c.device.clone(),
+            dtype: c.dtype.clone(),
+            uptime_s: self.state.started.elapsed().as_secs(),
+        }))
     }
 }

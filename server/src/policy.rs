@@ -159,9 +159,11 @@ pub async fn classify(
         ));
     }
     let model = st.registry.policy_model(&req.model)?;
+    call.uses(&model);
     let rewarders = if plan.n > 1 {
         Some(RewardModels::resolve(
             st,
+            call,
             &req.label_model,
             &req.rationale_model,
             req.lambda,

@@ -22,6 +22,7 @@ use crate::batcher::{self, BatchSettings, QueueSender};
 use crate::config::ServerConfig;
 use crate::engine::{self, EngineSpec};
 use crate::error::{Error, Result};
+use crate::revision::HashCache;
 use crate::text::{label_fork, LabelFork};
 
 /// A served model: what requests need to validate and tokenize, and its worker's queue.
@@ -50,6 +51,8 @@ pub struct ModelEntry {
     pub label_forks: [LabelFork; 2],
     pub dtype: String,
     pub device: String,
+    /// Content hash of the files served (see `revision.rs`).
+    pub revision: String,
     pub queue: QueueSender,
     pub alive: Arc<AtomicBool>,
 }
@@ -86,6 +89,7 @@ pub struct Registry {
     changed: watch::Sender<u64>,
     /// Set by shutdown: lookups answer UNAVAILABLE (retry elsewhere), not NOT_FOUND.
     closed: std::sync::atomic::AtomicBool,
+    hashes: HashCache,
 }
 
 impl Registry {
@@ -106,6 +110,7 @@ impl Registry {
             dtype,
             changed: watch::channel(0).0,
             closed: std::sync::atomic::AtomicBool::new(false),
+            hashes: HashCache::default(),
         })
     }
 
@@ -240,7 +245,7 @@ impl Registry {
                 order.push(name.to_string());
             }
         }
-        tracing::info!(model = name, path = %rel, reloaded = old.is_some(), "model loaded");
+        tracing::info!(model = name, path = %rel, revision = %entry.revision, reloaded = old.is_some(), "model loaded");
         self.notify();
         Ok(entry)
     }
@@ -286,6 +291,7 @@ impl Registry {
         };
         let (mut model, ckpt) =
             checkpoint::load_merged(&ckpt_dir, self.dtype, &self.device, &confine)?;
+        let revision = self.hashes.revision(&self.chain(dir)?)?;
         let manifest = manifest.or_else(|| ckpt.manifest.clone());
         if let Some(a) = &adapter {
             checkpoint::load_adapter(&mut model, dir, a, false)?;
@@ -410,8 +416,26 @@ impl Registry {
             label_forks,
             dtype: self.cfg.dtype.clone(),
             device: self.cfg.device.clone(),
+            revision,
             queue,
             alive,
         })
+    }
+
+    /// `dir` and every base it builds on (adapter → base → ...), each confined to the model root.
+    fn chain(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut dirs = vec![dir.to_path_buf()];
+        while checkpoint::is_adapter_dir(dirs.last().expect("non-empty")) {
+            let base = checkpoint::adapter_base(dirs.last().expect("non-empty"))?;
+            let base = self.resolve(&base.to_string_lossy())?;
+            if dirs.contains(&base) {
+                return Err(Error::FailedPrecondition(format!(
+                    "adapter bases loop at {}",
+                    base.display()
+                )));
+            }
+            dirs.push(base);
+        }
+        Ok(dirs)
     }
 }

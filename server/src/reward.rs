@@ -48,6 +48,7 @@ impl Timing {
             input_tokens: self.input_tokens,
             generated_tokens: self.generated_tokens,
             request_id: call.id.clone(),
+            model_revisions: call.model_revisions(),
         }
     }
 
@@ -69,9 +70,10 @@ pub struct RewardModels {
 }
 
 impl RewardModels {
-    /// Resolve and check the models and lambda a request names.
+    /// Resolve and check the models and lambda a request names, and note them on `call`.
     pub fn resolve(
         st: &AppState,
+        call: &Call,
         label: &str,
         rationale: &str,
         lambda: Option<f32>,
@@ -82,6 +84,10 @@ impl RewardModels {
         } else {
             Some(st.registry.reward_model(rationale)?)
         };
+        call.uses(&label);
+        if let Some(r) = &rationale {
+            call.uses(r);
+        }
         let lambda = match lambda {
             Some(l) if !l.is_finite() => {
                 return Err(Error::invalid("lambda", format!("must be finite, got {l}")))
@@ -223,7 +229,8 @@ pub async fn score(st: &AppState, req: v1::ScoreRequest, call: &Call) -> Result<
             format!("{n} items exceed max_items_per_request {max}"),
         ));
     }
-    let models = RewardModels::resolve(st, &req.label_model, &req.rationale_model, req.lambda)?;
+    let models =
+        RewardModels::resolve(st, call, &req.label_model, &req.rationale_model, req.lambda)?;
     let items = req
         .items
         .iter()
@@ -315,7 +322,8 @@ async fn compare(
     req: v1::CompareRequest,
     call: &Call,
 ) -> Result<v1::CompareResponse> {
-    let models = RewardModels::resolve(st, &req.label_model, &req.rationale_model, req.lambda)?;
+    let models =
+        RewardModels::resolve(st, call, &req.label_model, &req.rationale_model, req.lambda)?;
     let a = req
         .a
         .as_ref()

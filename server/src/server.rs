@@ -5,7 +5,9 @@
 //! `rllr.v1.RewardService` serves while a ready model can score, `rllr.v1.PolicyService` while one can
 //! generate, `rllr.v1.ModelService` always; everything turns NOT_SERVING when shutdown begins.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ use crate::state::AppState;
 pub const REWARD_SERVICE: &str = "rllr.v1.RewardService";
 pub const POLICY_SERVICE: &str = "rllr.v1.PolicyService";
 pub const MODEL_SERVICE: &str = "rllr.v1.ModelService";
+/// Every name health reports on ("" is the whole server, for liveness probes).
+const ALL_SERVICES: [&str; 4] = [REWARD_SERVICE, POLICY_SERVICE, MODEL_SERVICE, ""];
 
 /// A started server.
 pub struct RunningServer {
@@ -39,6 +43,8 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     reporter: HealthReporter,
+    /// Set when shutdown begins, so a model event cannot turn health back to SERVING.
+    draining: Arc<AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -48,7 +54,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let cfg = Arc::new(cfg);
     let metrics_addr = match cfg.metrics_listen.as_str() {
         "" => None,
-        a => Some(crate::metrics::start(a).await?),
+        a => Some(crate::metrics::start(a)?),
     };
     let registry = Arc::new(Registry::new(cfg.clone())?);
     for m in &cfg.models {
@@ -65,9 +71,21 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut changed = registry.subscribe();
     let (rep, reg) = (reporter.clone(), registry.clone());
+    let draining = Arc::new(AtomicBool::new(false));
+    let drain_flag = draining.clone();
     tokio::spawn(async move {
+        let mut seen: HashSet<String> = HashSet::new();
         loop {
             let models = reg.list();
+            let names: HashSet<String> = models.iter().map(|m| m.name.clone()).collect();
+            for m in &models {
+                let v = if m.ready() { 1.0 } else { 0.0 };
+                metrics::gauge!("rllr_model_ready", "model" => m.name.clone()).set(v);
+            }
+            for gone in seen.difference(&names) {
+                metrics::gauge!("rllr_model_ready", "model" => gone.clone()).set(-1.0);
+            }
+            seen = names;
             let ready = |f: fn(&crate::registry::ModelEntry) -> bool| {
                 if models.iter().any(|m| m.ready() && f(m)) {
                     ServingStatus::Serving
@@ -88,6 +106,13 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             rep.set_service_status(MODEL_SERVICE, ServingStatus::Serving)
                 .await;
             rep.set_service_status("", ServingStatus::Serving).await;
+            if drain_flag.load(Ordering::Acquire) {
+                // Shutdown began while this pass ran: undo it (shutdown owns health from now on).
+                for s in ALL_SERVICES {
+                    rep.set_service_status(s, ServingStatus::NotServing).await;
+                }
+                break;
+            }
             if changed.changed().await.is_err() {
                 break;
             }
@@ -128,6 +153,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         metrics_addr,
         registry,
         reporter,
+        draining,
         shutdown: Some(tx),
         join,
     })
@@ -135,11 +161,22 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
 
 impl RunningServer {
     /// Stop accepting, let in-flight requests finish (up to `drain`), then stop the workers.
-    pub async fn shutdown(mut self, drain: Duration) -> anyhow::Result<()> {
-        for s in [REWARD_SERVICE, POLICY_SERVICE, MODEL_SERVICE, ""] {
+    pub async fn shutdown(self, drain: Duration) -> anyhow::Result<()> {
+        self.shutdown_after(Duration::ZERO, drain).await
+    }
+
+    /// The SIGTERM sequence: every health service turns NOT_SERVING at once, new calls are still
+    /// served for `delay` (while load balancers and Kubernetes endpoints notice), then the listener
+    /// closes and in-flight requests get up to `drain` to finish before the workers stop.
+    pub async fn shutdown_after(mut self, delay: Duration, drain: Duration) -> anyhow::Result<()> {
+        self.draining.store(true, Ordering::Release);
+        for s in ALL_SERVICES {
             self.reporter
                 .set_service_status(s, ServingStatus::NotServing)
                 .await;
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

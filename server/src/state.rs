@@ -1,8 +1,10 @@
 //! What every RPC shares: the registry, limits, auth, the admission semaphore, and the per-call
-//! bookkeeping (request id, deadline, timing, metrics at the edges) that wraps each handler.
+//! bookkeeping (request id, deadline, timing, the models used, metrics at the edges) that wraps
+//! each handler.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -12,7 +14,7 @@ use tonic::{Response, Status};
 use crate::auth::{Auth, Role};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
-use crate::registry::Registry;
+use crate::registry::{ModelEntry, Registry};
 
 /// Shared by all services.
 pub struct AppState {
@@ -21,15 +23,30 @@ pub struct AppState {
     pub auth: Auth,
     permits: Arc<Semaphore>,
     next_id: AtomicU64,
+    /// When the server started (for `GetServerInfo.uptime_s`).
+    pub started: Instant,
 }
 
-/// One RPC in progress: holds its admission permit until dropped.
+/// One RPC in progress: holds its admission permit (and its place in `rllr_requests_in_flight`)
+/// until dropped.
 pub struct Call {
     pub id: String,
     pub method: &'static str,
     pub start: Instant,
     pub deadline: Option<Instant>,
+    /// The models this call used, (name, revision), in the order first used.
+    models: Mutex<Vec<(String, String)>>,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Longest caller-chosen `x-request-id` kept; longer ones are replaced by a server id.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The caller's `x-request-id` when it is printable ASCII of a sane length.
+fn caller_request_id(md: &MetadataMap) -> Option<String> {
+    let v = md.get("x-request-id")?.to_str().ok()?.trim();
+    let ok = !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| v.to_string())
 }
 
 impl AppState {
@@ -40,6 +57,7 @@ impl AppState {
             cfg,
             registry,
             next_id: AtomicU64::new(1),
+            started: Instant::now(),
         }
     }
 
@@ -50,7 +68,6 @@ impl AppState {
     /// Start a unary call: authenticate, take a permit without waiting (RESOURCE_EXHAUSTED when
     /// `max_concurrent_requests` are in flight), read the deadline.
     pub fn begin(&self, md: &MetadataMap, method: &'static str, role: Role) -> Result<Call> {
-        metrics::counter!("rllr_requests_total", "method" => method).increment(1);
         let r = self.auth.check(md, role).and_then(|_| {
             self.permits.clone().try_acquire_owned().map_err(|_| {
                 Error::Overloaded(format!(
@@ -60,17 +77,29 @@ impl AppState {
             })
         });
         match r {
-            Ok(permit) => Ok(Call {
-                id: self.id(),
-                method,
-                start: Instant::now(),
-                deadline: deadline(md),
-                _permit: Some(permit),
-            }),
+            Ok(permit) => Ok(self.call(Some(md), method, deadline(md), Some(permit))),
             Err(e) => {
-                record_failure(method, &e);
+                record_failure(method, "", &e);
                 Err(e)
             }
+        }
+    }
+
+    fn call(
+        &self,
+        md: Option<&MetadataMap>,
+        method: &'static str,
+        deadline: Option<Instant>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Call {
+        metrics::gauge!("rllr_requests_in_flight", "method" => method).increment(1.0);
+        Call {
+            id: md.and_then(caller_request_id).unwrap_or_else(|| self.id()),
+            method,
+            start: Instant::now(),
+            deadline,
+            models: Mutex::new(Vec::new()),
+            _permit: permit,
         }
     }
 
@@ -81,48 +110,72 @@ impl AppState {
         method: &'static str,
         deadline: Option<Instant>,
     ) -> Result<Call> {
-        metrics::counter!("rllr_requests_total", "method" => method).increment(1);
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
-        Ok(Call {
-            id: self.id(),
-            method,
-            start: Instant::now(),
-            deadline,
-            _permit: Some(permit),
-        })
+        Ok(self.call(None, method, deadline, Some(permit)))
     }
 
     /// A call that takes no permit (cheap metadata RPCs).
     pub fn begin_light(&self, md: &MetadataMap, method: &'static str, role: Role) -> Result<Call> {
-        metrics::counter!("rllr_requests_total", "method" => method).increment(1);
         if let Err(e) = self.auth.check(md, role) {
-            record_failure(method, &e);
+            record_failure(method, "", &e);
             return Err(e);
         }
-        Ok(Call {
-            id: self.id(),
-            method,
-            start: Instant::now(),
-            deadline: deadline(md),
-            _permit: None,
-        })
+        Ok(self.call(Some(md), method, deadline(md), None))
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        metrics::gauge!("rllr_requests_in_flight", "method" => self.method).decrement(1.0);
     }
 }
 
 impl Call {
+    /// Note that this call uses `m` (its name is the `model` label of the request metrics; the
+    /// first model used wins).
+    pub fn uses(&self, m: &ModelEntry) {
+        let mut models = self.models.lock().expect("models lock");
+        if !models.iter().any(|(n, _)| n == &m.name) {
+            models.push((m.name.clone(), m.revision.clone()));
+        }
+    }
+
+    /// The models used so far, name to revision.
+    pub fn model_revisions(&self) -> HashMap<String, String> {
+        self.models
+            .lock()
+            .expect("models lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The `model` label: the first model used, empty before any.
+    fn model_label(&self) -> String {
+        self.models
+            .lock()
+            .expect("models lock")
+            .first()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default()
+    }
+
     /// Record the outcome and turn it into a tonic response (with `x-request-id`).
     pub fn finish<T>(self, result: Result<T>) -> std::result::Result<Response<T>, Status> {
         let elapsed = self.start.elapsed();
-        metrics::histogram!("rllr_request_duration", "method" => self.method)
+        let model = self.model_label();
+        metrics::histogram!("rllr_request_duration_seconds", "method" => self.method, "model" => model.clone())
             .record(elapsed.as_secs_f64());
         match result {
             Ok(v) => {
-                metrics::counter!("rllr_request_success_total", "method" => self.method)
+                metrics::counter!("rllr_requests_total", "method" => self.method, "model" => model.clone())
+                    .increment(1);
+                metrics::counter!("rllr_request_success_total", "method" => self.method, "model" => model)
                     .increment(1);
                 tracing::debug!(request_id = %self.id, method = self.method, ms = elapsed.as_millis() as u64, "ok");
                 let mut r = Response::new(v);
@@ -132,9 +185,13 @@ impl Call {
                 Ok(r)
             }
             Err(e) => {
-                record_failure(self.method, &e);
+                record_failure(self.method, &model, &e);
                 tracing::info!(request_id = %self.id, method = self.method, error = %e, "request failed");
-                Err(e.into())
+                let mut status: Status = e.into();
+                if let Ok(v) = self.id.parse() {
+                    status.metadata_mut().insert("x-request-id", v);
+                }
+                Err(status)
             }
         }
     }
@@ -168,8 +225,12 @@ impl Call {
     }
 }
 
-fn record_failure(method: &'static str, e: &Error) {
-    metrics::counter!("rllr_request_failure_total", "method" => method, "err" => e.kind())
+/// Count a finished-with-error call: in `rllr_requests_total` (every call ends in exactly one of
+/// success or failure) and in `rllr_request_failure_total` by error kind.
+fn record_failure(method: &'static str, model: &str, e: &Error) {
+    metrics::counter!("rllr_requests_total", "method" => method, "model" => model.to_string())
+        .increment(1);
+    metrics::counter!("rllr_request_failure_total", "method" => method, "model" => model.to_string(), "err" => e.kind())
         .increment(1);
 }
 

@@ -156,3 +156,35 @@ pub fn item(a: &str, b: &str, rationale: &str, label: &str) -> rllr_proto::v1::S
         label: label.into(),
     }
 }
+
+/// GET `/metrics` from the exporter's listener and return the body (the listener is hyper, so
+/// ask it to close the connection rather than keep it alive, and undo chunked encoding).
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let out = String::from_utf8(out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_string();
+    }
+    let mut rest = body;
+    let mut text = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            return text;
+        }
+        text.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+}

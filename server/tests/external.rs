@@ -35,7 +35,6 @@ async fn python_grpcio_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs promtool (Debian package prometheus; run by .ci/run)"]
 async fn promtool_check_metrics() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let root = common::model_root();
     let server = common::start(common::config(root.path())).await;
     // Exercise every family once so the exposition holds histograms and labelled counters.
@@ -69,15 +68,7 @@ async fn promtool_check_metrics() {
         })
         .await
         .unwrap();
-    let mut s = tokio::net::TcpStream::connect(server.metrics_addr.unwrap())
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
+    let body = rllr_server::testutil::scrape(server.metrics_addr.unwrap()).await;
     let out = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = std::process::Command::new("promtool")

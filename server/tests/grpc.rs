@@ -344,18 +344,22 @@ async fn every_rpc_end_to_end() {
     }
 
     // Metrics endpoint: every family present.
-    let body = fetch_metrics(server.metrics_addr.unwrap()).await;
+    let body = rllr_server::testutil::scrape(server.metrics_addr.unwrap()).await;
     for name in [
         "rllr_requests_total",
         "rllr_request_success_total",
-        "rllr_request_duration",
+        "rllr_request_duration_seconds",
+        "rllr_requests_in_flight",
         "rllr_batch_size",
         "rllr_batch_tokens",
-        "rllr_queue_size",
+        "rllr_queue_depth",
+        "rllr_queue_capacity",
+        "rllr_model_ready",
+        "rllr_build_info",
         "rllr_generated_tokens_total",
         "rllr_reward",
         "rllr_predicted_label_total",
-        "rllr_batch_inference_duration",
+        "rllr_batch_inference_duration_seconds",
         "rllr_cot_tokens",
     ] {
         assert!(body.contains(name), "{name} missing from /metrics");
@@ -364,18 +368,6 @@ async fn every_rpc_end_to_end() {
         std::fs::write(std::path::Path::new(&dir).join("metrics.txt"), &body).unwrap();
     }
     server.shutdown(Duration::from_secs(5)).await.unwrap();
-}
-
-pub async fn fetch_metrics(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"));
-    out.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -479,7 +471,7 @@ async fn results_are_the_same_alone_or_batched() {
 }
 
 async fn grpc_fetch(server: &rllr_server::RunningServer) -> String {
-    fetch_metrics(server.metrics_addr.unwrap()).await
+    rllr_server::testutil::scrape(server.metrics_addr.unwrap()).await
 }
 
 /// Largest observed scoring batch bucket count above 1 (from the histogram's sum/count).

@@ -363,75 +363,75 @@ pub enum EvalWhat {
 #[derive(Args, Debug)]
 pub struct PolicyArgs {
     /// Model directory (merged M_sft, a base model, ...).
-    #[arg(long, env = "RLLR_MODEL")]
+    #[arg(long, env = "RLLR_TRAIN_MODEL")]
     pub model: PathBuf,
     /// PEFT adapter to apply on top (e.g. <sft run>/adapter).
-    #[arg(long, env = "RLLR_ADAPTER")]
+    #[arg(long, env = "RLLR_TRAIN_ADAPTER")]
     pub adapter: Option<PathBuf>,
     /// Task spec file.
-    #[arg(long, env = "RLLR_TASK")]
+    #[arg(long, env = "RLLR_TRAIN_TASK")]
     pub task: PathBuf,
     /// Examples (JSONL), e.g. data/comve/dev.jsonl.
-    #[arg(long, env = "RLLR_DATA")]
+    #[arg(long, env = "RLLR_TRAIN_DATA")]
     pub data: PathBuf,
     /// Evaluate the first N examples (0: all).
-    #[arg(long, env = "RLLR_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "RLLR_TRAIN_LIMIT", default_value_t = 0)]
     pub limit: usize,
-    #[arg(long, env = "RLLR_MAX_NEW_TOKENS", default_value_t = 96)]
+    #[arg(long, env = "RLLR_TRAIN_MAX_NEW_TOKENS", default_value_t = 96)]
     pub max_new_tokens: usize,
-    #[arg(long, env = "RLLR_BATCH_SIZE", default_value_t = 8)]
+    #[arg(long, env = "RLLR_TRAIN_BATCH_SIZE", default_value_t = 8)]
     pub batch_size: usize,
-    #[arg(long, env = "RLLR_TEMPLATE", default_value = "auto")]
+    #[arg(long, env = "RLLR_TRAIN_TEMPLATE", default_value = "auto")]
     pub template: String,
     /// Append an instruction describing the answer format to each prompt (for models never
     /// trained on it, e.g. the zero-shot base).
-    #[arg(long, env = "RLLR_FORMAT_HINT")]
+    #[arg(long, env = "RLLR_TRAIN_FORMAT_HINT")]
     pub format_hint: bool,
     /// Write the JSON report here (it is printed as a table either way).
-    #[arg(long, env = "RLLR_OUTPUT")]
+    #[arg(long, env = "RLLR_TRAIN_OUTPUT")]
     pub output: Option<PathBuf>,
     /// Also write every example's answer as JSONL (`{"id", "gold", "pred", "correct", "text"}`,
     /// in input order), so two policies evaluated on the same split can be compared example by
     /// example (paired difference, McNemar test) rather than by their accuracies alone.
-    #[arg(long, env = "RLLR_PREDICTIONS")]
+    #[arg(long, env = "RLLR_TRAIN_PREDICTIONS")]
     pub predictions: Option<PathBuf>,
-    #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
+    #[arg(long, env = "RLLR_TRAIN_DEVICE", default_value = "cpu")]
     pub device: String,
-    #[arg(long, env = "RLLR_DTYPE", default_value = "f32")]
+    #[arg(long, env = "RLLR_TRAIN_DTYPE", default_value = "f32")]
     pub dtype: String,
 }
 
 #[derive(Args, Debug)]
 pub struct RewardEvalArgs {
     /// Reward-model directory written by `rllr-train reward` (PEFT adapter + score head + rllr.json).
-    #[arg(long, env = "RLLR_MODEL")]
+    #[arg(long, env = "RLLR_TRAIN_MODEL")]
     pub model: PathBuf,
     /// Base the adapter goes on (default: the manifest's base_checkpoint).
-    #[arg(long, env = "RLLR_BASE")]
+    #[arg(long, env = "RLLR_TRAIN_BASE")]
     pub base: Option<PathBuf>,
     /// Task spec file.
-    #[arg(long, env = "RLLR_TASK")]
+    #[arg(long, env = "RLLR_TRAIN_TASK")]
     pub task: PathBuf,
     /// Pair file (JSONL).
-    #[arg(long, env = "RLLR_PAIRS")]
+    #[arg(long, env = "RLLR_TRAIN_PAIRS")]
     pub pairs: PathBuf,
-    #[arg(long, env = "RLLR_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "RLLR_TRAIN_LIMIT", default_value_t = 0)]
     pub limit: usize,
-    #[arg(long, env = "RLLR_CUTOFF_LEN", default_value_t = 512)]
+    #[arg(long, env = "RLLR_TRAIN_CUTOFF_LEN", default_value_t = 512)]
     pub cutoff_len: usize,
-    #[arg(long, env = "RLLR_BATCH_SIZE", default_value_t = 8)]
+    #[arg(long, env = "RLLR_TRAIN_BATCH_SIZE", default_value_t = 8)]
     pub batch_size: usize,
-    #[arg(long, env = "RLLR_TEMPLATE", default_value = "auto")]
+    #[arg(long, env = "RLLR_TRAIN_TEMPLATE", default_value = "auto")]
     pub template: String,
-    #[arg(long, env = "RLLR_OUTPUT")]
+    #[arg(long, env = "RLLR_TRAIN_OUTPUT")]
     pub output: Option<PathBuf>,
     /// Also write every pair's two rewards as JSONL (`{"id", "chosen", "rejected"}`), so two reward
     /// models scored on the same pairs can be compared pair by pair (e.g. a McNemar test).
-    #[arg(long, env = "RLLR_SCORES")]
+    #[arg(long, env = "RLLR_TRAIN_SCORES")]
     pub scores: Option<PathBuf>,
-    #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
+    #[arg(long, env = "RLLR_TRAIN_DEVICE", default_value = "cpu")]
     pub device: String,
-    #[arg(long, env = "RLLR_DTYPE", default_value = "f32")]
+    #[arg(long, env = "RLLR_TRAIN_DTYPE", default_value = "f32")]
     pub dtype: String,
 }
 

@@ -15,40 +15,40 @@ use rllr_core::{generate, ForwardCtx, GenerationRequest, SamplingParams, StopCri
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// Model directory (HF layout; e.g. models/smollm2-135m-instruct from scripts/fetch-smollm2.sh).
-    #[arg(long, env = "RLLR_MODEL")]
+    #[arg(long, env = "RLLR_TRAIN_MODEL")]
     pub model: PathBuf,
     /// A prompt (the user turn). Repeat the flag to generate for several prompts in one batch.
     #[arg(long, required = true, num_args = 1)]
     pub prompt: Vec<String>,
     /// System text for the chat template (default: the template's own default).
-    #[arg(long, env = "RLLR_SYSTEM")]
+    #[arg(long, env = "RLLR_TRAIN_SYSTEM")]
     pub system: Option<String>,
     /// Chat template: auto (from rllr.json or tokenizer_config.json), chatml, llama2, mistral, plain.
-    #[arg(long, env = "RLLR_TEMPLATE", default_value = "auto")]
+    #[arg(long, env = "RLLR_TRAIN_TEMPLATE", default_value = "auto")]
     pub template: String,
     /// PEFT LoRA adapter directory to apply on top of the model (e.g. an SFT adapter).
-    #[arg(long, env = "RLLR_ADAPTER")]
+    #[arg(long, env = "RLLR_TRAIN_ADAPTER")]
     pub adapter: Option<PathBuf>,
     /// Upper bound on generated tokens per prompt; generation also stops at EOS.
-    #[arg(long, env = "RLLR_MAX_NEW_TOKENS", default_value_t = 128)]
+    #[arg(long, env = "RLLR_TRAIN_MAX_NEW_TOKENS", default_value_t = 128)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy (deterministic, what evaluation uses).
-    #[arg(long, env = "RLLR_TEMPERATURE", default_value_t = 0.0)]
+    #[arg(long, env = "RLLR_TRAIN_TEMPERATURE", default_value_t = 0.0)]
     pub temperature: f32,
     /// Keep only the k most likely tokens when sampling.
-    #[arg(long, env = "RLLR_TOP_K")]
+    #[arg(long, env = "RLLR_TRAIN_TOP_K")]
     pub top_k: Option<usize>,
     /// Nucleus sampling mass.
-    #[arg(long, env = "RLLR_TOP_P")]
+    #[arg(long, env = "RLLR_TRAIN_TOP_P")]
     pub top_p: Option<f32>,
     /// Seed of the sampler, so sampled runs are reproducible.
-    #[arg(long, env = "RLLR_SEED", default_value_t = 0)]
+    #[arg(long, env = "RLLR_TRAIN_SEED", default_value_t = 0)]
     pub seed: u64,
     /// cpu, cuda or cuda:N (cuda needs a `--features cuda` build).
-    #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
+    #[arg(long, env = "RLLR_TRAIN_DEVICE", default_value = "cpu")]
     pub device: String,
     /// f32, f16 or bf16 compute dtype (half precision is for GPUs; on CPU f32 is fastest).
-    #[arg(long, env = "RLLR_DTYPE", default_value = "f32")]
+    #[arg(long, env = "RLLR_TRAIN_DTYPE", default_value = "f32")]
     pub dtype: String,
 }
 

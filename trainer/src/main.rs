@@ -1,5 +1,5 @@
 //! `rllr-train`: the offline half of rllr, one subcommand per job (convert, data, rationalize,
-//! pairs, sft, reward, eval, diagnose, best-of-n, ppo, pipeline). Each flag can also come from an `RLLR_*` environment variable, so runs are scriptable
+//! pairs, sft, reward, eval, diagnose, best-of-n, ppo, pipeline). Each flag can also come from an `RLLR_TRAIN_*` environment variable, so runs are scriptable
 //! and reproducible from a shell file or a job spec.
 
 use std::path::{Path, PathBuf};
@@ -37,9 +37,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Convert, fine-tune and evaluate Llama-family models"
 )]
 struct Cli {
+    /// Log lines on stderr: `text` for people, `json` (one object per line) when a scheduler
+    /// (Kubernetes Job, Slurm) collects them. The level comes from RUST_LOG (default `info`).
+    #[arg(
+        long,
+        env = "RLLR_TRAIN_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: rllr_cli::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The environment prefix of every `rllr-train` flag.
+const ENV_PREFIX: &str = "RLLR_TRAIN_";
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -102,30 +115,31 @@ impl From<WeightDtype> for DType {
 struct ConvertArgs {
     /// The GGUF file to import. Only `llama`-architecture files (Llama, SmolLM2, ...) are
     /// supported; quantised tensors are dequantised, so training starts from full-precision weights.
-    #[arg(long, env = "RLLR_CONVERT_FROM")]
+    #[arg(long, env = "RLLR_TRAIN_CONVERT_FROM")]
     from: PathBuf,
     /// Destination model directory. It is written atomically (a crash leaves no half-written
     /// model), in the Hugging Face layout, so transformers can load it too.
-    #[arg(long, env = "RLLR_CONVERT_TO")]
+    #[arg(long, env = "RLLR_TRAIN_CONVERT_TO")]
     to: PathBuf,
     /// Weight element type on disk: f32 (default) keeps the dequantised values exactly and is
     /// what training wants; f16/bf16 halve the size for inference-only use.
-    #[arg(long, env = "RLLR_CONVERT_DTYPE", value_enum, default_value_t = WeightDtype::F32)]
+    #[arg(long, env = "RLLR_TRAIN_CONVERT_DTYPE", value_enum, default_value_t = WeightDtype::F32)]
     dtype: WeightDtype,
     /// Replace an existing model at the destination. Off by default so a conversion never
     /// clobbers a fine-tuned checkpoint by accident.
-    #[arg(long, env = "RLLR_CONVERT_OVERWRITE")]
+    #[arg(long, env = "RLLR_TRAIN_CONVERT_OVERWRITE")]
     overwrite: bool,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    use clap::CommandFactory;
+    // Before any thread starts: honour the pre-0.2 shared `RLLR_*` names for one release.
+    let legacy = rllr_cli::adopt_legacy_env(&Cli::command(), ENV_PREFIX, "RLLR_");
     let cli = Cli::parse();
+    rllr_cli::init_logging(cli.log_format, "RUST_LOG", "info");
+    for l in &legacy {
+        l.warn();
+    }
     let result = match cli.command {
         Command::Convert(args) => convert(&args),
         Command::Generate(args) => generate::run(&args),
@@ -199,7 +213,7 @@ fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
 fn refuse_existing(dest: &Path, overwrite: bool) -> anyhow::Result<()> {
     if dest.exists() && !overwrite {
         bail!(
-            "--to {} already exists; pass --overwrite (RLLR_CONVERT_OVERWRITE=1) to replace it",
+            "--to {} already exists; pass --overwrite (RLLR_TRAIN_CONVERT_OVERWRITE=1) to replace it",
             dest.display()
         );
     }

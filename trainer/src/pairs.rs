@@ -327,7 +327,7 @@ pub struct PairInputs {
     #[arg(long)]
     pub output: std::path::PathBuf,
     /// Seed for choosing among rationales and sampling wrong labels: same seed, same file.
-    #[arg(long, env = "RLLR_SEED", default_value_t = 0)]
+    #[arg(long, env = "RLLR_TRAIN_SEED", default_value_t = 0)]
     pub seed: u64,
 }
 
@@ -336,7 +336,7 @@ pub struct LabelArgs {
     #[command(flatten)]
     pub inputs: PairInputs,
     /// Wrong labels per example (D3): `all` or a count sampled by seed.
-    #[arg(long, env = "RLLR_WRONG_LABELS", default_value = "all")]
+    #[arg(long, env = "RLLR_TRAIN_WRONG_LABELS", default_value = "all")]
     pub wrong_labels: WrongLabels,
 }
 

@@ -54,26 +54,26 @@ pub struct RationalizeArgs {
     #[command(flatten)]
     pub task: TaskArgs,
     /// Canonical examples JSONL (e.g. data/esnli/train.jsonl).
-    #[arg(long, env = "RLLR_RATIONALIZE_INPUT")]
+    #[arg(long, env = "RLLR_TRAIN_RATIONALIZE_INPUT")]
     pub input: PathBuf,
     /// Rationale records JSONL, appended to; rerunning resumes where a previous run stopped.
-    #[arg(long, env = "RLLR_RATIONALIZE_OUTPUT")]
+    #[arg(long, env = "RLLR_TRAIN_RATIONALIZE_OUTPUT")]
     pub output: PathBuf,
     /// Who writes the rationales.
-    #[arg(long, env = "RLLR_TEACHER", value_enum)]
+    #[arg(long, env = "RLLR_TRAIN_TEACHER", value_enum)]
     pub teacher: TeacherKind,
     /// Wrong labels per example (D3): `all` (k−1, one pair per wrong label) or a count sampled by
     /// seed, to bound teacher cost on many-label tasks.
-    #[arg(long, env = "RLLR_WRONG_LABELS", default_value = "all")]
+    #[arg(long, env = "RLLR_TRAIN_WRONG_LABELS", default_value = "all")]
     pub wrong_labels: WrongLabels,
     /// Only the first N examples, for a cheap trial run.
-    #[arg(long, env = "RLLR_LIMIT")]
+    #[arg(long, env = "RLLR_TRAIN_LIMIT")]
     pub limit: Option<usize>,
     /// Seed of the wrong-label sampling and of a sampling teacher.
-    #[arg(long, env = "RLLR_SEED", default_value_t = 0)]
+    #[arg(long, env = "RLLR_TRAIN_SEED", default_value_t = 0)]
     pub seed: u64,
     /// Requests per teacher call and per synced append: the most work a crash can lose.
-    #[arg(long, env = "RLLR_CHUNK", default_value_t = 16)]
+    #[arg(long, env = "RLLR_TRAIN_CHUNK", default_value_t = 16)]
     pub chunk: usize,
     #[command(flatten)]
     pub openai: OpenAiArgs,
@@ -86,56 +86,56 @@ pub struct OpenAiArgs {
     /// Endpoint base URL including the version path; `/chat/completions` is appended.
     #[arg(
         long,
-        env = "RLLR_OPENAI_BASE_URL",
+        env = "RLLR_TRAIN_OPENAI_BASE_URL",
         default_value = "https://api.openai.com/v1"
     )]
     pub base_url: String,
     /// Model name sent to the endpoint (part of the cache key).
-    #[arg(long, env = "RLLR_OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    #[arg(long, env = "RLLR_TRAIN_OPENAI_MODEL", default_value = "gpt-4o-mini")]
     pub openai_model: String,
     /// API key, read from the environment only so it never appears in shell history.
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, hide = true)]
     pub api_key: Option<String>,
     /// Requests in flight at once: the endpoint's rate limit decides.
-    #[arg(long, env = "RLLR_OPENAI_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "RLLR_TRAIN_OPENAI_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
     /// Retries on 429 / 5xx / timeouts before a request counts as failed.
-    #[arg(long, env = "RLLR_OPENAI_RETRIES", default_value_t = 5)]
+    #[arg(long, env = "RLLR_TRAIN_OPENAI_RETRIES", default_value_t = 5)]
     pub max_retries: u32,
     /// Per-request timeout in seconds.
-    #[arg(long, env = "RLLR_OPENAI_TIMEOUT_S", default_value_t = 60)]
+    #[arg(long, env = "RLLR_TRAIN_OPENAI_TIMEOUT_S", default_value_t = 60)]
     pub timeout_s: u64,
     /// Reply cache, keyed by (model, prompt): reruns never pay twice for a prompt.
     #[arg(
         long,
-        env = "RLLR_TEACHER_CACHE",
+        env = "RLLR_TRAIN_TEACHER_CACHE",
         default_value = ".rllr-cache/teacher"
     )]
     pub cache_dir: PathBuf,
     /// Longest rationale, in tokens.
-    #[arg(long, env = "RLLR_OPENAI_MAX_TOKENS", default_value_t = 128)]
+    #[arg(long, env = "RLLR_TRAIN_OPENAI_MAX_TOKENS", default_value_t = 128)]
     pub openai_max_tokens: u32,
 }
 
 #[derive(Args, Debug)]
 pub struct LocalArgs {
     /// Checkpoint directory of the local teacher (e.g. models/smollm2-135m-instruct).
-    #[arg(long, env = "RLLR_MODEL")]
+    #[arg(long, env = "RLLR_TRAIN_MODEL")]
     pub model: Option<PathBuf>,
     /// Chat template of the local teacher (auto reads rllr.json / tokenizer_config.json).
-    #[arg(long, env = "RLLR_TEMPLATE", default_value = "auto")]
+    #[arg(long, env = "RLLR_TRAIN_TEMPLATE", default_value = "auto")]
     pub template: String,
     /// Prompts per generation batch: larger is faster per token until memory or padding bites.
-    #[arg(long, env = "RLLR_BATCH_SIZE", default_value_t = 8)]
+    #[arg(long, env = "RLLR_TRAIN_BATCH_SIZE", default_value_t = 8)]
     pub batch_size: usize,
     /// Longest rationale, in tokens.
-    #[arg(long, env = "RLLR_MAX_NEW_TOKENS", default_value_t = 64)]
+    #[arg(long, env = "RLLR_TRAIN_MAX_NEW_TOKENS", default_value_t = 64)]
     pub max_new_tokens: usize,
     /// 0 = greedy (reproducible); above 0 samples, seeded.
-    #[arg(long, env = "RLLR_TEMPERATURE", default_value_t = 0.0)]
+    #[arg(long, env = "RLLR_TRAIN_TEMPERATURE", default_value_t = 0.0)]
     pub temperature: f32,
     /// cpu, cuda or cuda:N.
-    #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
+    #[arg(long, env = "RLLR_TRAIN_DEVICE", default_value = "cpu")]
     pub device: String,
 }
 
@@ -313,7 +313,7 @@ fn build_teacher(args: &RationalizeArgs) -> anyhow::Result<Box<dyn Teacher>> {
         TeacherKind::Local => {
             let l = &args.local;
             let Some(model) = &l.model else {
-                bail!("--teacher local needs --model (or RLLR_MODEL)");
+                bail!("--teacher local needs --model (or RLLR_TRAIN_MODEL)");
             };
             let config = LocalConfig {
                 batch_size: l.batch_size,

@@ -37,35 +37,35 @@ overridable! {
     RewardConfig / RewardStageArgs {
         value {
             /// bt (default) or divergent-span.
-            loss: RmLoss = RmLoss::Bt, "RLLR_RM_LOSS";
+            loss: RmLoss = RmLoss::Bt, "RLLR_TRAIN_RM_LOSS";
             /// Margin m in −log σ(r_c − r_r − m) (BT only).
-            margin: f64 = 0.0, "RLLR_RM_MARGIN";
+            margin: f64 = 0.0, "RLLR_TRAIN_RM_MARGIN";
             /// TRL's center_rewards_coefficient: + coef · mean((r_c + r_r)²).
-            center_rewards_coefficient: f64 = 0.0, "RLLR_CENTER_REWARDS";
+            center_rewards_coefficient: f64 = 0.0, "RLLR_TRAIN_CENTER_REWARDS";
             /// Temperature T of the divergent-span loss.
-            bpr_temperature: f64 = 1.0, "RLLR_BPR_TEMPERATURE";
+            bpr_temperature: f64 = 1.0, "RLLR_TRAIN_BPR_TEMPERATURE";
             /// Dropout on the hidden state before the head while training (TRL ValueHead: 0.1).
-            head_dropout: f32 = 0.1, "RLLR_HEAD_DROPOUT";
+            head_dropout: f32 = 0.1, "RLLR_TRAIN_HEAD_DROPOUT";
             /// Use at most this many training pairs (0: all).
-            limit: usize = 0, "RLLR_LIMIT";
+            limit: usize = 0, "RLLR_TRAIN_LIMIT";
             /// Use at most this many pairs of each eval file (0: all).
-            eval_limit: usize = 0, "RLLR_EVAL_LIMIT";
+            eval_limit: usize = 0, "RLLR_TRAIN_EVAL_LIMIT";
             /// Longest prompt + response in tokens.
-            cutoff_len: usize = 512, "RLLR_CUTOFF_LEN";
+            cutoff_len: usize = 512, "RLLR_TRAIN_CUTOFF_LEN";
             /// Chat template (auto: from the checkpoint).
-            template: String = "auto".into(), "RLLR_TEMPLATE";
+            template: String = "auto".into(), "RLLR_TRAIN_TEMPLATE";
             /// Comma-separated held-out pair files, each evaluated on its own.
-            eval_pairs: String = String::new(), "RLLR_EVAL_PAIRS";
+            eval_pairs: String = String::new(), "RLLR_TRAIN_EVAL_PAIRS";
         }
         optional {
             /// Starting checkpoint (M_sft).
-            model: PathBuf, "RLLR_MODEL";
+            model: PathBuf, "RLLR_TRAIN_MODEL";
             /// Task spec file.
-            task: PathBuf, "RLLR_TASK";
+            task: PathBuf, "RLLR_TRAIN_TASK";
             /// Training pairs (JSONL).
-            pairs: PathBuf, "RLLR_PAIRS";
+            pairs: PathBuf, "RLLR_TRAIN_PAIRS";
             /// Run directory: model/ (adapter + head + rllr.json), checkpoints/, metrics.jsonl, report.json.
-            output: PathBuf, "RLLR_OUTPUT";
+            output: PathBuf, "RLLR_TRAIN_OUTPUT";
         }
     }
 }

@@ -27,31 +27,31 @@ overridable! {
     SftConfig / SftStageArgs {
         value {
             /// Targets carry a rationale before the answer line (CoT); false: the answer line alone.
-            rationales: bool = true, "RLLR_RATIONALES";
+            rationales: bool = true, "RLLR_TRAIN_RATIONALES";
             /// Use at most this many training examples (0: all).
-            limit: usize = 0, "RLLR_LIMIT";
+            limit: usize = 0, "RLLR_TRAIN_LIMIT";
             /// Dev examples for the accuracy-from-generation evaluation (0: all).
-            dev_limit: usize = 100, "RLLR_DEV_LIMIT";
+            dev_limit: usize = 100, "RLLR_TRAIN_DEV_LIMIT";
             /// Longest prompt + response in tokens (proportional truncation).
-            cutoff_len: usize = 512, "RLLR_CUTOFF_LEN";
+            cutoff_len: usize = 512, "RLLR_TRAIN_CUTOFF_LEN";
             /// Chat template (auto: from the checkpoint).
-            template: String = "auto".into(), "RLLR_TEMPLATE";
+            template: String = "auto".into(), "RLLR_TRAIN_TEMPLATE";
             /// Token budget of the dev generations.
-            max_new_tokens: usize = 96, "RLLR_MAX_NEW_TOKENS";
+            max_new_tokens: usize = 96, "RLLR_TRAIN_MAX_NEW_TOKENS";
             /// Prompts per generation batch in evaluation.
-            eval_batch_size: usize = 8, "RLLR_EVAL_BATCH_SIZE";
+            eval_batch_size: usize = 8, "RLLR_TRAIN_EVAL_BATCH_SIZE";
         }
         optional {
             /// Base checkpoint directory (HF layout).
-            model: PathBuf, "RLLR_MODEL";
+            model: PathBuf, "RLLR_TRAIN_MODEL";
             /// Task spec file (data/tasks/<task>.json).
-            task: PathBuf, "RLLR_TASK";
+            task: PathBuf, "RLLR_TRAIN_TASK";
             /// Training examples (JSONL).
-            train: PathBuf, "RLLR_TRAIN";
+            train: PathBuf, "RLLR_TRAIN_TRAIN";
             /// Dev examples (JSONL) for periodic and final evaluation.
-            dev: PathBuf, "RLLR_DEV";
+            dev: PathBuf, "RLLR_TRAIN_DEV";
             /// Run directory: model/ (merged M_sft), adapter/, checkpoints/, metrics.jsonl, report.json.
-            output: PathBuf, "RLLR_OUTPUT";
+            output: PathBuf, "RLLR_TRAIN_OUTPUT";
         }
     }
 }

@@ -302,3 +302,11 @@ fn bad_input_is_refused_before_training() {
     std::fs::write(base.join("config.json"), cfg.to_string()).unwrap();
     expect_err(&mut reward(&pairs, &base), "mismatched checkpoint");
 }
+
+#[test]
+fn the_command_line_follows_the_conventions() {
+    rllr_cli::conformance::check_binary(
+        Path::new(env!("CARGO_BIN_EXE_rllr-train")),
+        &[(&["rationalize"], "OPENAI_API_KEY")],
+    );
+}

@@ -20,10 +20,10 @@ use super::split::{Sizes, TARGET};
 pub struct TaskArgs {
     /// Task name; its spec is `<tasks-dir>/<task>.json` (label set, instruction, input fields),
     /// against which every record is checked.
-    #[arg(long, env = "RLLR_TASK")]
+    #[arg(long, env = "RLLR_TRAIN_TASK")]
     pub task: String,
     /// Directory of task specs, so a custom task needs only a new file, not a rebuild.
-    #[arg(long, env = "RLLR_TASKS_DIR", default_value = "data/tasks")]
+    #[arg(long, env = "RLLR_TRAIN_TASKS_DIR", default_value = "data/tasks")]
     pub tasks_dir: PathBuf,
 }
 
@@ -55,19 +55,19 @@ pub enum DataCommand {
 pub struct BuildArgs {
     /// Root of the raw datasets (one folder per source, as in shared/data). Required: the
     /// program never reaches outside the repository on its own.
-    #[arg(long, env = "RLLR_RAW_DATA")]
+    #[arg(long, env = "RLLR_TRAIN_RAW_DATA")]
     pub raw: PathBuf,
     /// Where the splits go (`<out>/<task>/{train,dev,test}.jsonl`); the bundled copy is `data`.
-    #[arg(long, env = "RLLR_DATA_DIR", default_value = "data")]
+    #[arg(long, env = "RLLR_TRAIN_DATA_DIR", default_value = "data")]
     pub out: PathBuf,
     /// Task-spec directory every converted example is checked against.
-    #[arg(long, env = "RLLR_TASKS_DIR", default_value = "data/tasks")]
+    #[arg(long, env = "RLLR_TRAIN_TASKS_DIR", default_value = "data/tasks")]
     pub tasks_dir: PathBuf,
     /// Only these tasks (repeatable); default all bundled tasks.
     #[arg(long = "only")]
     pub only: Vec<String>,
     /// Split seed. Changing it changes every split; the bundled data uses the default.
-    #[arg(long, env = "RLLR_SEED", default_value_t = 0)]
+    #[arg(long, env = "RLLR_TRAIN_SEED", default_value_t = 0)]
     pub seed: u64,
     /// Train examples per task (fewer when a task is smaller; then all three shrink in proportion).
     #[arg(long, default_value_t = TARGET.train)]

@@ -63,13 +63,13 @@ pub fn pick(
 #[derive(clap::Args, Debug)]
 pub struct BestOfNArgs {
     /// Task spec file.
-    #[arg(long, env = "RLLR_TASK")]
+    #[arg(long, env = "RLLR_TRAIN_TASK")]
     pub task: PathBuf,
     /// Examples to answer (the test split, as `eval policy`).
-    #[arg(long, env = "RLLR_DATA")]
+    #[arg(long, env = "RLLR_TRAIN_DATA")]
     pub data: PathBuf,
     /// Answer the first N examples (0: all); compare with `eval policy` on the same N.
-    #[arg(long, env = "RLLR_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "RLLR_TRAIN_LIMIT", default_value_t = 0)]
     pub limit: usize,
     /// N is --k: samples per prompt the rewards choose among.
     #[command(flatten)]
@@ -77,7 +77,7 @@ pub struct BestOfNArgs {
     #[command(flatten)]
     pub rewards: RewardModelsArgs,
     /// Directory for report.json (eval policy's schema) and predictions.jsonl.
-    #[arg(long, env = "RLLR_OUTPUT")]
+    #[arg(long, env = "RLLR_TRAIN_OUTPUT")]
     pub output: PathBuf,
 }
 

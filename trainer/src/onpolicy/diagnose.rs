@@ -99,20 +99,20 @@ struct SampleRow<'a> {
 #[derive(clap::Args, Debug)]
 pub struct DiagnoseArgs {
     /// Task spec file.
-    #[arg(long, env = "RLLR_TASK")]
+    #[arg(long, env = "RLLR_TRAIN_TASK")]
     pub task: PathBuf,
     /// Held-out examples whose prompts are sampled (the dev split: the RMs never saw them).
-    #[arg(long, env = "RLLR_DATA")]
+    #[arg(long, env = "RLLR_TRAIN_DATA")]
     pub data: PathBuf,
     /// Use the first N prompts (0: all): k samples each are generated and scored twice.
-    #[arg(long, env = "RLLR_LIMIT", default_value_t = 64)]
+    #[arg(long, env = "RLLR_TRAIN_LIMIT", default_value_t = 64)]
     pub limit: usize,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     #[command(flatten)]
     pub rewards: RewardModelsArgs,
     /// Directory for report.json and samples.jsonl.
-    #[arg(long, env = "RLLR_OUTPUT")]
+    #[arg(long, env = "RLLR_TRAIN_OUTPUT")]
     pub output: PathBuf,
 }
 

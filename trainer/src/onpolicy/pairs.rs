@@ -173,22 +173,22 @@ pub struct OnPolicyArgs {
     pub task: crate::data::cli::TaskArgs,
     /// Training examples (canonical JSONL): their prompts are sampled, their gold rationales are
     /// the chosen side of the rationale pairs.
-    #[arg(long, env = "RLLR_DATA")]
+    #[arg(long, env = "RLLR_TRAIN_DATA")]
     pub data: PathBuf,
     /// Use the first N examples (0: all), to bound the sampling time.
-    #[arg(long, env = "RLLR_LIMIT", default_value_t = 0)]
+    #[arg(long, env = "RLLR_TRAIN_LIMIT", default_value_t = 0)]
     pub limit: usize,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     /// At most this many pairs per prompt and kind (distinct samples, round-robin).
-    #[arg(long, env = "RLLR_PAIRS_PER_PROMPT", default_value_t = 2)]
+    #[arg(long, env = "RLLR_TRAIN_PAIRS_PER_PROMPT", default_value_t = 2)]
     pub pairs_per_prompt: usize,
     /// Let an unparseable sample be the rejected side of a label pair (it is a wrong answer under
     /// the strict parser); it is never chosen. `false` keeps only parseable wrong answers.
-    #[arg(long, env = "RLLR_UNPARSEABLE_REJECTED", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "RLLR_TRAIN_UNPARSEABLE_REJECTED", default_value_t = true, action = clap::ArgAction::Set)]
     pub unparseable_rejected: bool,
     /// Directory for label.jsonl, rationale.jsonl and summary.json (each written atomically).
-    #[arg(long, env = "RLLR_OUT_DIR")]
+    #[arg(long, env = "RLLR_TRAIN_OUT_DIR")]
     pub out_dir: PathBuf,
 }
 

@@ -16,33 +16,33 @@ use crate::ppo::{self, LambdaSpec, RM_LABEL, RM_RATIONALE};
 #[derive(clap::Args, Debug, Clone)]
 pub struct RewardModelsArgs {
     /// Label-sensitive RM (RM_rllr: `rllr-train reward` on label pairs), trained on --model.
-    #[arg(long, env = "RLLR_REWARD_MODEL")]
+    #[arg(long, env = "RLLR_TRAIN_REWARD_MODEL")]
     pub reward_model: PathBuf,
     /// Rationale-sensitive RM (RM_rlhf: `rllr-train reward` on rationale pairs), trained on --model.
-    #[arg(long, env = "RLLR_REWARD_MODEL_RATIONALE")]
+    #[arg(long, env = "RLLR_TRAIN_REWARD_MODEL_RATIONALE")]
     pub reward_model_rationale: PathBuf,
     /// λ of the mixed reward min(r_label, λ) + r_rationale in raw RM units, or "auto": calibrated
     /// as PPO's lambda = "auto" (a percentile of RM_rllr's scores on --lambda-data gold responses).
-    #[arg(long, env = "RLLR_LAMBDA", default_value = "auto")]
+    #[arg(long, env = "RLLR_TRAIN_LAMBDA", default_value = "auto")]
     pub lambda: Lambda,
     /// A PPO report.json whose `lambda` wins when it has one, so samples are ranked by the reward
     /// the rllr-mixed policy was trained with.
-    #[arg(long, env = "RLLR_LAMBDA_FROM")]
+    #[arg(long, env = "RLLR_TRAIN_LAMBDA_FROM")]
     pub lambda_from: Option<PathBuf>,
     /// Held-out examples with gold rationales for --lambda auto (the dev split, as PPO).
-    #[arg(long, env = "RLLR_LAMBDA_DATA")]
+    #[arg(long, env = "RLLR_TRAIN_LAMBDA_DATA")]
     pub lambda_data: Option<PathBuf>,
     /// Percentile (0–100) that --lambda auto takes (PPO's lambda_percentile).
-    #[arg(long, env = "RLLR_LAMBDA_PERCENTILE", default_value_t = 90.0)]
+    #[arg(long, env = "RLLR_TRAIN_LAMBDA_PERCENTILE", default_value_t = 90.0)]
     pub lambda_percentile: f64,
     /// Gold responses scored for --lambda auto (0: all; PPO's lambda_limit).
-    #[arg(long, env = "RLLR_LAMBDA_LIMIT", default_value_t = 200)]
+    #[arg(long, env = "RLLR_TRAIN_LAMBDA_LIMIT", default_value_t = 200)]
     pub lambda_limit: usize,
     /// Token cap of prompt + gold response for --lambda auto (PPO: max_prompt_len + max_new_tokens).
-    #[arg(long, env = "RLLR_LAMBDA_CUTOFF", default_value_t = 768)]
+    #[arg(long, env = "RLLR_TRAIN_LAMBDA_CUTOFF", default_value_t = 768)]
     pub lambda_cutoff: usize,
     /// Sequences per reward-model forward: larger is faster until memory runs out.
-    #[arg(long, env = "RLLR_SCORE_BATCH_SIZE", default_value_t = 8)]
+    #[arg(long, env = "RLLR_TRAIN_SCORE_BATCH_SIZE", default_value_t = 8)]
     pub score_batch_size: usize,
 }
 

@@ -40,39 +40,39 @@ pub const SAMPLER: &str = "sampler";
 pub struct SamplerArgs {
     /// The policy whose own samples are wanted: M_sft (`<sft run>/model`), the model the reward
     /// models are (or will be) trained on.
-    #[arg(long, env = "RLLR_MODEL")]
+    #[arg(long, env = "RLLR_TRAIN_MODEL")]
     pub model: PathBuf,
     /// PEFT adapter applied on top of --model for sampling (e.g. a PPO policy); none: --model itself.
-    #[arg(long, env = "RLLR_ADAPTER")]
+    #[arg(long, env = "RLLR_TRAIN_ADAPTER")]
     pub adapter: Option<PathBuf>,
     /// Samples per prompt: enough that a prompt usually gets both a right and a wrong answer.
-    #[arg(long, env = "RLLR_K", default_value_t = 8)]
+    #[arg(long, env = "RLLR_TRAIN_K", default_value_t = 8)]
     pub k: usize,
     /// Sampling temperature; 1.0 as PPO's rollouts (docs/method.md §5.4.1), so the samples follow the
     /// policy's own distribution.
-    #[arg(long, env = "RLLR_TEMPERATURE", default_value_t = 1.0)]
+    #[arg(long, env = "RLLR_TRAIN_TEMPERATURE", default_value_t = 1.0)]
     pub temperature: f32,
     /// Top-k of the sampler: 50 as PPO's rollouts (D13); 0 turns it off.
-    #[arg(long, env = "RLLR_TOP_K", default_value_t = 50)]
+    #[arg(long, env = "RLLR_TRAIN_TOP_K", default_value_t = 50)]
     pub top_k: usize,
     /// Response length cap; a sample cut here usually has no answer line (unparseable).
-    #[arg(long, env = "RLLR_MAX_NEW_TOKENS", default_value_t = 256)]
+    #[arg(long, env = "RLLR_TRAIN_MAX_NEW_TOKENS", default_value_t = 256)]
     pub max_new_tokens: usize,
     /// Prompts per generate call (k sequences each): larger is faster until memory runs out; the
     /// samples do not depend on it.
-    #[arg(long, env = "RLLR_BATCH_SIZE", default_value_t = 4)]
+    #[arg(long, env = "RLLR_TRAIN_BATCH_SIZE", default_value_t = 4)]
     pub batch_size: usize,
     /// Seed: sample j of example i is seeded by (seed, i, j); same seed, byte-identical outputs.
-    #[arg(long, env = "RLLR_SEED", default_value_t = 0)]
+    #[arg(long, env = "RLLR_TRAIN_SEED", default_value_t = 0)]
     pub seed: u64,
     /// Chat template (auto: from the checkpoint); it must be the one the policy was trained with.
-    #[arg(long, env = "RLLR_TEMPLATE", default_value = "auto")]
+    #[arg(long, env = "RLLR_TRAIN_TEMPLATE", default_value = "auto")]
     pub template: String,
     /// cpu, cuda or cuda:N.
-    #[arg(long, env = "RLLR_DEVICE", default_value = "cpu")]
+    #[arg(long, env = "RLLR_TRAIN_DEVICE", default_value = "cpu")]
     pub device: String,
     /// Compute dtype (f32 on CPU).
-    #[arg(long, env = "RLLR_DTYPE", default_value = "f32")]
+    #[arg(long, env = "RLLR_TRAIN_DTYPE", default_value = "f32")]
     pub dtype: String,
 }
 

@@ -1,5 +1,5 @@
 //! `[ppo]`: every setting of the PPO stage (docs/method.md §5.3–5.4, §6.1) in one place, read from the
-//! TOML file and overridable by flags / `RLLR_*` variables like every other stage. Defaults are the
+//! TOML file and overridable by flags / `RLLR_TRAIN_*` variables like every other stage. Defaults are the
 //! released code's (TRL 0.7.2 semantics); what the quickstart changes is in its config file.
 
 use std::fmt;
@@ -109,87 +109,87 @@ overridable! {
         value {
             /// rlhf (rationale RM), rllr (label RM), rllr-mixed (min(r_label, λ) + r_rationale) or
             /// rllr-weighted (w·r_label + (1−w)·r_rationale).
-            reward_mode: RewardMode = RewardMode::RllrMixed, "RLLR_REWARD_MODE";
+            reward_mode: RewardMode = RewardMode::RllrMixed, "RLLR_TRAIN_REWARD_MODE";
             /// λ of rllr-mixed (ignored by the other modes) in raw RM units, or "auto" (a percentile of the label RM's scores on
             /// correct-label responses of `lambda_data`, logged and recorded in the report).
-            lambda: Lambda = Lambda::Fixed(1.0), "RLLR_LAMBDA";
+            lambda: Lambda = Lambda::Fixed(1.0), "RLLR_TRAIN_LAMBDA";
             /// Percentile (0–100) that `--lambda auto` takes.
-            lambda_percentile: f64 = 90.0, "RLLR_LAMBDA_PERCENTILE";
+            lambda_percentile: f64 = 90.0, "RLLR_TRAIN_LAMBDA_PERCENTILE";
             /// Held-out examples scored for `--lambda auto` (0: all of lambda_data).
-            lambda_limit: usize = 200, "RLLR_LAMBDA_LIMIT";
+            lambda_limit: usize = 200, "RLLR_TRAIN_LAMBDA_LIMIT";
             /// w of rllr-weighted.
-            label_weight: f64 = 0.5, "RLLR_LABEL_WEIGHT";
+            label_weight: f64 = 0.5, "RLLR_TRAIN_LABEL_WEIGHT";
             /// Use at most this many training prompts (0: all).
-            limit: usize = 0, "RLLR_LIMIT";
+            limit: usize = 0, "RLLR_TRAIN_LIMIT";
             /// Prompts longer than this many tokens are cut on the left side of the query text.
-            max_prompt_len: usize = 512, "RLLR_MAX_PROMPT_LEN";
+            max_prompt_len: usize = 512, "RLLR_TRAIN_MAX_PROMPT_LEN";
             /// Rollout length cap (a response that hits it is scored at its last token, quirk 3).
-            max_new_tokens: usize = 256, "RLLR_MAX_NEW_TOKENS";
+            max_new_tokens: usize = 256, "RLLR_TRAIN_MAX_NEW_TOKENS";
             /// Rollout sampling temperature (docs/method.md §5.4.1: 1.0).
-            temperature: f32 = 1.0, "RLLR_TEMPERATURE";
+            temperature: f32 = 1.0, "RLLR_TRAIN_TEMPERATURE";
             /// Rollout top-k (implicit 50 in the released code, D13; 0: off).
-            top_k: usize = 50, "RLLR_TOP_K";
+            top_k: usize = 50, "RLLR_TRAIN_TOP_K";
             /// Rollout top-p.
-            top_p: f32 = 1.0, "RLLR_TOP_P";
+            top_p: f32 = 1.0, "RLLR_TRAIN_TOP_P";
             /// Initial KL coefficient β₀.
-            init_kl_coef: f64 = 0.2, "RLLR_INIT_KL_COEF";
+            init_kl_coef: f64 = 0.2, "RLLR_TRAIN_INIT_KL_COEF";
             /// Adaptive KL controller (target, horizon); false keeps β fixed.
-            adaptive_kl: bool = true, "RLLR_ADAPTIVE_KL";
+            adaptive_kl: bool = true, "RLLR_TRAIN_ADAPTIVE_KL";
             /// Target of the adaptive KL controller (llmtuner: 6.0).
-            kl_target: f64 = 6.0, "RLLR_KL_TARGET";
+            kl_target: f64 = 6.0, "RLLR_TRAIN_KL_TARGET";
             /// Horizon of the adaptive KL controller.
-            kl_horizon: f64 = 10000.0, "RLLR_KL_HORIZON";
+            kl_horizon: f64 = 10000.0, "RLLR_TRAIN_KL_HORIZON";
             /// GAE discount γ.
-            gamma: f64 = 1.0, "RLLR_GAMMA";
+            gamma: f64 = 1.0, "RLLR_TRAIN_GAMMA";
             /// GAE λ.
-            gae_lambda: f64 = 0.95, "RLLR_GAE_LAMBDA";
+            gae_lambda: f64 = 0.95, "RLLR_TRAIN_GAE_LAMBDA";
             /// Policy ratio clip ε.
-            cliprange: f64 = 0.2, "RLLR_CLIPRANGE";
+            cliprange: f64 = 0.2, "RLLR_TRAIN_CLIPRANGE";
             /// Value clip around the old values.
-            cliprange_value: f64 = 0.2, "RLLR_CLIPRANGE_VALUE";
+            cliprange_value: f64 = 0.2, "RLLR_TRAIN_CLIPRANGE_VALUE";
             /// Weight of the value loss.
-            vf_coef: f64 = 0.1, "RLLR_VF_COEF";
+            vf_coef: f64 = 0.1, "RLLR_TRAIN_VF_COEF";
             /// Skip a minibatch whose mean ratio exceeds this (TRL ratio_threshold).
-            ratio_threshold: f64 = 10.0, "RLLR_RATIO_THRESHOLD";
+            ratio_threshold: f64 = 10.0, "RLLR_TRAIN_RATIO_THRESHOLD";
             /// PPO epochs over each rollout batch (released code: 1).
-            ppo_epochs: usize = 1, "RLLR_PPO_EPOCHS";
+            ppo_epochs: usize = 1, "RLLR_TRAIN_PPO_EPOCHS";
             /// Rollouts per optimizer step inside a PPO epoch (0: the whole batch, one step per batch).
-            mini_batch_size: usize = 0, "RLLR_MINI_BATCH_SIZE";
+            mini_batch_size: usize = 0, "RLLR_TRAIN_MINI_BATCH_SIZE";
             /// Running score normalisation and scaling (--ppo_score_norm, §5.4.2).
-            score_norm: bool = true, "RLLR_SCORE_NORM";
+            score_norm: bool = true, "RLLR_TRAIN_SCORE_NORM";
             /// Dropout on in the scoring, old-logprob/value and training passes, as the released
             /// code runs them (D12); false for deterministic passes.
-            dropout: bool = true, "RLLR_PPO_DROPOUT";
+            dropout: bool = true, "RLLR_TRAIN_PPO_DROPOUT";
             /// Chat template (auto: from the checkpoint).
-            template: String = "auto".into(), "RLLR_TEMPLATE";
+            template: String = "auto".into(), "RLLR_TRAIN_TEMPLATE";
             /// Dev examples the trained policy answers greedily at the end (0: all of `dev`), so
             /// a policy can be chosen on dev without touching the test split.
-            dev_limit: usize = 0, "RLLR_DEV_LIMIT";
+            dev_limit: usize = 0, "RLLR_TRAIN_DEV_LIMIT";
             /// Token budget of those dev answers.
-            dev_max_new_tokens: usize = 64, "RLLR_DEV_MAX_NEW_TOKENS";
+            dev_max_new_tokens: usize = 64, "RLLR_TRAIN_DEV_MAX_NEW_TOKENS";
             /// Prompts per generation batch of the dev answers.
-            dev_batch_size: usize = 32, "RLLR_DEV_BATCH_SIZE";
+            dev_batch_size: usize = 32, "RLLR_TRAIN_DEV_BATCH_SIZE";
         }
         optional {
             /// Dev examples (task JSONL) for the final greedy evaluation; unset: none.
-            dev: PathBuf, "RLLR_DEV";
+            dev: PathBuf, "RLLR_TRAIN_DEV";
             /// The frozen base and reference: M_sft.
-            model: PathBuf, "RLLR_MODEL";
+            model: PathBuf, "RLLR_TRAIN_MODEL";
             /// Task spec file.
-            task: PathBuf, "RLLR_TASK";
+            task: PathBuf, "RLLR_TRAIN_TASK";
             /// Training prompts (task JSONL; labels are only used for the rollouts' accuracy log).
-            train: PathBuf, "RLLR_TRAIN";
+            train: PathBuf, "RLLR_TRAIN_TRAIN";
             /// Label-sensitive RM directory (rllr-train reward on label pairs).
-            reward_model: PathBuf, "RLLR_REWARD_MODEL";
+            reward_model: PathBuf, "RLLR_TRAIN_REWARD_MODEL";
             /// Rationale-sensitive RM directory (rllr-train reward on rationale pairs).
-            reward_model_rationale: PathBuf, "RLLR_REWARD_MODEL_RATIONALE";
+            reward_model_rationale: PathBuf, "RLLR_TRAIN_REWARD_MODEL_RATIONALE";
             /// RM whose adapter + head initialise the value model (default: the label RM for rllr and
             /// rllr-mixed, the rationale RM for rlhf, as docs/method.md §4).
-            value_model: PathBuf, "RLLR_VALUE_MODEL";
+            value_model: PathBuf, "RLLR_TRAIN_VALUE_MODEL";
             /// Held-out examples with gold rationales for --lambda auto (e.g. the dev split).
-            lambda_data: PathBuf, "RLLR_LAMBDA_DATA";
+            lambda_data: PathBuf, "RLLR_TRAIN_LAMBDA_DATA";
             /// Run directory: model/ (policy adapter + rllr.json), checkpoints/, metrics.jsonl, report.json.
-            output: PathBuf, "RLLR_OUTPUT";
+            output: PathBuf, "RLLR_TRAIN_OUTPUT";
         }
     }
 }

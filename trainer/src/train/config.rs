@@ -1,4 +1,4 @@
-//! Stage configuration: a TOML file (`--config`), then command-line flags / `RLLR_*` environment
+//! Stage configuration: a TOML file (`--config`), then command-line flags / `RLLR_TRAIN_*` environment
 //! variables on top. One declaration per field gives both the serde struct (unknown keys are an
 //! error, so a typo never silently falls back to a default) and the clap struct of overrides.
 
@@ -61,13 +61,13 @@ macro_rules! stage_args {
         #[derive(clap::Args, Debug)]
         pub struct $name {
             /// TOML config file with the stage's table, [train] and [lora]; flags override it.
-            #[arg(long, env = "RLLR_CONFIG")]
+            #[arg(long, env = "RLLR_TRAIN_CONFIG")]
             pub config: Option<std::path::PathBuf>,
             /// Continue from the newest checkpoint in <output>/checkpoints.
-            #[arg(long, env = "RLLR_RESUME")]
+            #[arg(long, env = "RLLR_TRAIN_RESUME")]
             pub resume: bool,
             /// Exit (status 137, no final save) right after this step's checkpoint, as a crash would.
-            #[arg(long, hide = true, env = "RLLR_STOP_AFTER")]
+            #[arg(long, hide = true, env = "RLLR_TRAIN_STOP_AFTER")]
             pub stop_after: Option<usize>,
             #[command(flatten)]
             pub stage: $stage,
@@ -96,41 +96,41 @@ overridable! {
     TrainConfig / TrainArgs {
         value {
             /// Peak learning rate.
-            learning_rate: f64 = 2e-4, "RLLR_LEARNING_RATE";
+            learning_rate: f64 = 2e-4, "RLLR_TRAIN_LEARNING_RATE";
             /// Passes over the training data (ignored when max_steps > 0).
-            epochs: f64 = 1.0, "RLLR_EPOCHS";
+            epochs: f64 = 1.0, "RLLR_TRAIN_EPOCHS";
             /// Stop after this many optimizer steps (0: from epochs).
-            max_steps: usize = 0, "RLLR_MAX_STEPS";
+            max_steps: usize = 0, "RLLR_TRAIN_MAX_STEPS";
             /// Examples (SFT) or pairs (RM) per micro-batch.
-            batch_size: usize = 4, "RLLR_BATCH_SIZE";
+            batch_size: usize = 4, "RLLR_TRAIN_BATCH_SIZE";
             /// Micro-batches per optimizer step; their losses are averaged.
-            grad_accum: usize = 1, "RLLR_GRAD_ACCUM";
+            grad_accum: usize = 1, "RLLR_TRAIN_GRAD_ACCUM";
             /// Decoupled weight decay (SFT/RM: 0.0).
-            weight_decay: f64 = 0.0, "RLLR_WEIGHT_DECAY";
+            weight_decay: f64 = 0.0, "RLLR_TRAIN_WEIGHT_DECAY";
             /// AdamW β1.
-            beta1: f64 = 0.9, "RLLR_BETA1";
+            beta1: f64 = 0.9, "RLLR_TRAIN_BETA1";
             /// AdamW β2.
-            beta2: f64 = 0.999, "RLLR_BETA2";
+            beta2: f64 = 0.999, "RLLR_TRAIN_BETA2";
             /// AdamW ε.
-            adam_eps: f64 = 1e-8, "RLLR_ADAM_EPS";
+            adam_eps: f64 = 1e-8, "RLLR_TRAIN_ADAM_EPS";
             /// Clip the global gradient norm to this (0: off).
-            max_grad_norm: f64 = 1.0, "RLLR_MAX_GRAD_NORM";
+            max_grad_norm: f64 = 1.0, "RLLR_TRAIN_MAX_GRAD_NORM";
             /// Learning-rate schedule after warm-up.
-            schedule: ScheduleKind = ScheduleKind::Cosine, "RLLR_SCHEDULE";
+            schedule: ScheduleKind = ScheduleKind::Cosine, "RLLR_TRAIN_SCHEDULE";
             /// Linear warm-up steps.
-            warmup_steps: usize = 0, "RLLR_WARMUP_STEPS";
+            warmup_steps: usize = 0, "RLLR_TRAIN_WARMUP_STEPS";
             /// Seed of adapter/head init, data order and dropout masks.
-            seed: u64 = 42, "RLLR_SEED";
+            seed: u64 = 42, "RLLR_TRAIN_SEED";
             /// Write a resumable checkpoint every N optimizer steps (0: only at the end).
-            save_every: usize = 100, "RLLR_SAVE_EVERY";
+            save_every: usize = 100, "RLLR_TRAIN_SAVE_EVERY";
             /// Keep this many step checkpoints (older ones are deleted).
-            keep_checkpoints: usize = 2, "RLLR_KEEP_CHECKPOINTS";
+            keep_checkpoints: usize = 2, "RLLR_TRAIN_KEEP_CHECKPOINTS";
             /// Evaluate on the dev data every N steps (0: only at the end).
-            eval_every: usize = 0, "RLLR_EVAL_EVERY";
+            eval_every: usize = 0, "RLLR_TRAIN_EVAL_EVERY";
             /// cpu, cuda or cuda:N.
-            device: String = "cpu".into(), "RLLR_DEVICE";
+            device: String = "cpu".into(), "RLLR_TRAIN_DEVICE";
             /// Compute dtype (f32 on CPU).
-            dtype: String = "f32".into(), "RLLR_DTYPE";
+            dtype: String = "f32".into(), "RLLR_TRAIN_DTYPE";
         }
         optional {}
     }
@@ -141,13 +141,13 @@ overridable! {
     LoraSection / LoraArgs {
         value {
             /// LoRA rank.
-            lora_r: usize = 16, "RLLR_LORA_R";
+            lora_r: usize = 16, "RLLR_TRAIN_LORA_R";
             /// LoRA α (scale α/r).
-            lora_alpha: f64 = 32.0, "RLLR_LORA_ALPHA";
+            lora_alpha: f64 = 32.0, "RLLR_TRAIN_LORA_ALPHA";
             /// Dropout on the adapter input while training.
-            lora_dropout: f32 = 0.1, "RLLR_LORA_DROPOUT";
+            lora_dropout: f32 = 0.1, "RLLR_TRAIN_LORA_DROPOUT";
             /// Comma-separated target projections.
-            lora_targets: String = "q_proj,v_proj".into(), "RLLR_LORA_TARGETS";
+            lora_targets: String = "q_proj,v_proj".into(), "RLLR_TRAIN_LORA_TARGETS";
         }
         optional {}
     }

@@ -1,0 +1,108 @@
+//! Graceful shutdown under load, the sequence a Kubernetes pod goes through on SIGTERM: health
+//! turns NOT_SERVING at once, the listener stays open for the drain delay (load balancers are
+//! still catching up), then it closes, every request accepted until then gets its answer, later
+//! ones get UNAVAILABLE, and the server is gone within the drain timeout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rllr_proto::v1::{self, policy_service_client::PolicyServiceClient};
+use tonic::Code;
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+
+fn classify() -> v1::ClassifyRequest {
+    v1::ClassifyRequest {
+        inputs: (0..4)
+            .map(|i| input(&format!("A man sleeps {i}."), "A person rests.").unwrap())
+            .collect(),
+        model: "pol".into(),
+        params: Some(v1::GenerationParams {
+            max_new_tokens: Some(48),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_accepted_before_the_listener_closes_are_answered() {
+    let root = model_root();
+    let mut cfg = config(root.path());
+    cfg.queue_capacity = 4096;
+    let server = start(cfg).await;
+    let ch = tonic::transport::Endpoint::from_shared(url(&server))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(ch.clone());
+    let status = |h: &mut HealthClient<_>| {
+        let mut h = h.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: "rllr.v1.PolicyService".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+        }
+    };
+    assert_eq!(
+        status(&mut health).await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+
+    // Load: 48 requests of 4 generations each, sent before the drain starts.
+    let load: Vec<_> = (0..48)
+        .map(|_| {
+            let mut p = PolicyServiceClient::new(ch.clone());
+            tokio::spawn(async move {
+                let r = p.classify(classify()).await;
+                (r, Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let delay = Duration::from_millis(500);
+    let drain = Duration::from_secs(30);
+    let began = Instant::now();
+    let stop = tokio::spawn(server.shutdown_after(delay, drain));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Draining: NOT_SERVING, yet a request that still arrives in the delay is answered.
+    assert_eq!(
+        status(&mut health).await.unwrap(),
+        ServingStatus::NotServing as i32
+    );
+    let mut late = PolicyServiceClient::new(ch.clone());
+    let in_delay = late.classify(classify()).await;
+    assert!(in_delay.is_ok(), "{in_delay:?}");
+
+    stop.await.unwrap().unwrap();
+    let stopped = began.elapsed();
+    assert!(stopped >= delay && stopped < drain, "{stopped:?}");
+    let mut answered_after_drain_began = 0;
+    let mut answered_after_close = 0;
+    for t in load {
+        let (r, at) = t.await.unwrap();
+        let r = r.unwrap_or_else(|e| panic!("an accepted request failed: {e}"));
+        assert_eq!(r.into_inner().results.len(), 4);
+        answered_after_drain_began += usize::from(at > began);
+        answered_after_close += usize::from(at > began + delay);
+    }
+    eprintln!(
+        "stopped after {stopped:?}; {answered_after_drain_began}/48 answers came after the drain \
+         began, {answered_after_close} after the listener closed"
+    );
+    assert!(
+        answered_after_drain_began > 0,
+        "the load finished before the drain: the test shows nothing"
+    );
+
+    // After the listener closed: UNAVAILABLE, on the old channel and on a new connection.
+    let err = late.classify(classify()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+}
