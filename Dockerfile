@@ -2,7 +2,7 @@
 # default command is the inference server. The CUDA image is Dockerfile.cuda.
 #
 #   docker build -t rllr .
-#   docker run --rm -p 50051:50051 -p 9000:9000 -v $PWD/models:/models:ro rllr
+#   docker run --rm -p 50051:50051 -p 8080:8080 -p 9000:9000 -v $PWD/models:/models:ro rllr
 #
 # Models are not baked in: mount a directory laid out like the repo's models/ (the embedded default
 # reads /models/quickstart/sst2/* and /models/smollm2-135m-instruct), or fill a volume in an init
@@ -21,9 +21,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /out/ /usr/local/bin/
 ENV RLLR_SERVER_LISTEN=0.0.0.0:50051 \
     RLLR_SERVER_METRICS_LISTEN=0.0.0.0:9000 \
+    RLLR_SERVER_HTTP_LISTEN=0.0.0.0:8080 \
     RLLR_SERVER_MODEL_ROOT=/models \
     RLLR_CLIENT_ENDPOINTS=http://127.0.0.1:50051
-EXPOSE 50051 9000
+EXPOSE 50051 8080 9000
 USER 10001:10001
 WORKDIR /home/rllr
 # `rllr health` exits 0 only when grpc.health.v1 answers SERVING for the overall server ("").

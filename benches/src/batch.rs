@@ -55,6 +55,8 @@ async fn main() -> Result<()> {
         "127.0.0.1:0",
         "--metrics-listen",
         "",
+        "--http-listen",
+        "",
         "--model-root",
         &root,
         "--device",

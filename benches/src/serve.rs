@@ -186,6 +186,7 @@ async fn main() -> Result<()> {
         let cfg = rllr_server::ServerConfig {
             listen: "127.0.0.1:0".into(),
             metrics_listen: String::new(),
+            http_listen: String::new(),
             model_root: root.path().to_path_buf(),
             models: vec!["rm=rm".parse().map_err(|e: String| anyhow::anyhow!(e))?],
             device: args.device.clone(),

@@ -59,6 +59,32 @@ pub struct ServerConfig {
         default_value = "127.0.0.1:9000"
     )]
     pub metrics_listen: String,
+    /// HTTP/JSON listen address (`/v1/score`, `/v1/classify`, `/get_reward`, OpenAI-compatible
+    /// `/v1/chat/completions`, `/health`, `/ready`, `/openapi.json`); empty disables it. A port of
+    /// its own so gRPC keeps HTTP/2-only semantics and each can be exposed or firewalled apart.
+    #[arg(
+        long,
+        env = "RLLR_SERVER_HTTP_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub http_listen: String,
+    /// Largest HTTP request body accepted, in bytes; larger bodies get 413 before any parsing.
+    #[arg(
+        long,
+        env = "RLLR_SERVER_HTTP_MAX_BODY_BYTES",
+        default_value_t = 8 * 1024 * 1024
+    )]
+    pub http_max_body_bytes: usize,
+    /// Reward `/get_reward` returns for a response without a parseable `Answer:` line (or with a
+    /// label outside the label set): below what any parsed answer can get from a capped label
+    /// reward, so PPO learns to answer in the format.
+    #[arg(
+        long,
+        env = "RLLR_SERVER_GET_REWARD_PENALTY",
+        default_value_t = -10.0,
+        allow_negative_numbers = true
+    )]
+    pub get_reward_penalty: f32,
     /// Directory every model path is confined to (LoadModel cannot reach outside it).
     #[arg(long, env = "RLLR_SERVER_MODEL_ROOT", default_value = "models")]
     pub model_root: PathBuf,
@@ -211,6 +237,14 @@ impl ServerConfig {
             anyhow::ensure!(v > 0, "{name} must be >= 1");
         }
         anyhow::ensure!(self.lambda.is_finite(), "lambda must be finite");
+        anyhow::ensure!(
+            self.get_reward_penalty.is_finite(),
+            "get_reward_penalty must be finite"
+        );
+        anyhow::ensure!(
+            self.http_max_body_bytes >= 1024,
+            "http_max_body_bytes must be >= 1024"
+        );
         anyhow::ensure!(
             self.tls_cert.is_some() == self.tls_key.is_some(),
             "tls_cert and tls_key go together"

@@ -1,4 +1,5 @@
-//! rllr-server: batched gRPC reward scoring and chain-of-thought classification.
+//! rllr-server: batched gRPC reward scoring and chain-of-thought classification, with an HTTP/JSON
+//! front (`http`) over the same services.
 //!
 //! Request path: tonic service → validate (limits, labels) → tokenize (blocking pool) → per-model
 //! bounded queue → batcher (token budget, max batch, max delay) → engine worker (its own OS thread,
@@ -11,6 +12,7 @@ pub mod batcher;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod models;
 pub mod policy;

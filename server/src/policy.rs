@@ -272,7 +272,7 @@ async fn best_of_n(
     for (j, c) in candidates.iter().enumerate() {
         if !c.label.is_empty() && text::label_index(&rm.label, &c.label, "label").is_ok() {
             items.push(ScoredItem {
-                input: inputs[j / n].clone(),
+                input: text::Prompt::Task(inputs[j / n].clone()),
                 rationale: c.rationale.clone(),
                 label: c.label.clone(),
             });

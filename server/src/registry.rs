@@ -46,6 +46,8 @@ pub struct ModelEntry {
     pub tokenizer: Arc<Tokenizer>,
     /// EOS id appended to scored text when the template has no end-of-turn text.
     pub eos_id: Option<u32>,
+    /// The padding id (the engine's; `/get_reward` strips its text from queries).
+    pub pad_id: u32,
     /// Where the labels part ways in token space, spelled right after the prefix's space
     /// (`"label"`, index 0) and with the space (`" label"`, index 1).
     pub label_forks: [LabelFork; 2],
@@ -413,6 +415,7 @@ impl Registry {
                 .unwrap_or_default(),
             tokenizer: Arc::new(tokenizer),
             eos_id,
+            pad_id,
             label_forks,
             dtype: self.cfg.dtype.clone(),
             device: self.cfg.device.clone(),

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rllr_core::task::TaskInput;
 use rllr_proto::v1::{self, reward_service_server::RewardService};
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,7 +21,7 @@ use crate::text;
 
 /// One response to score, validated.
 pub struct ScoredItem {
-    pub input: TaskInput,
+    pub input: text::Prompt,
     pub rationale: String,
     pub label: String,
 }
@@ -114,7 +113,7 @@ pub fn item(
     let input = text::task_input(input, &format!("{field}.input"))?;
     text::label_index(&models.label, label, &format!("{field}.label"))?;
     Ok(ScoredItem {
-        input,
+        input: text::Prompt::Task(input),
         rationale: rationale.to_string(),
         label: label.to_string(),
     })

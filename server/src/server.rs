@@ -41,12 +41,15 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The /metrics address actually bound, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// The HTTP/JSON address actually bound, if enabled.
+    pub http_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     reporter: HealthReporter,
     /// Set when shutdown begins, so a model event cannot turn health back to SERVING.
     draining: Arc<AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
 }
 
 /// Load the configured models and start serving.
@@ -140,22 +143,41 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         .add_service(PolicyServiceServer::new(PolicyApi {
             state: state.clone(),
         }))
-        .add_service(ModelServiceServer::new(ModelApi { state }));
+        .add_service(ModelServiceServer::new(ModelApi {
+            state: state.clone(),
+        }));
     let join = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async {
             let _ = rx.await;
         },
     ));
-    tracing::info!(%addr, metrics = ?metrics_addr, models = registry.list().len(), tls = cfg.tls_cert.is_some(), "rllr-server listening");
+    let (http_addr, http) = match cfg.http_listen.as_str() {
+        "" => (None, None),
+        a => {
+            let (htx, hrx) = oneshot::channel::<()>();
+            let front = crate::http::Http {
+                state,
+                draining: draining.clone(),
+            };
+            let (bound, join) = crate::http::serve(a, front, async {
+                let _ = hrx.await;
+            })
+            .await?;
+            (Some(bound), Some((htx, join)))
+        }
+    };
+    tracing::info!(%addr, http = ?http_addr, metrics = ?metrics_addr, models = registry.list().len(), tls = cfg.tls_cert.is_some(), "rllr-server listening");
     Ok(RunningServer {
         addr,
         metrics_addr,
+        http_addr,
         registry,
         reporter,
         draining,
         shutdown: Some(tx),
         join,
+        http,
     })
 }
 
@@ -181,6 +203,18 @@ impl RunningServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        let started = std::time::Instant::now();
+        if let Some((tx, mut join)) = self.http.take() {
+            let _ = tx.send(());
+            match tokio::time::timeout(drain, &mut join).await {
+                Ok(r) => r??,
+                Err(_) => {
+                    tracing::warn!(?drain, "in-flight HTTP requests did not drain in time");
+                    join.abort();
+                }
+            }
+        }
+        let drain = drain.saturating_sub(started.elapsed());
         match tokio::time::timeout(drain, &mut self.join).await {
             Ok(r) => r??,
             Err(_) => {

@@ -34,9 +34,26 @@ pub struct Call {
     pub method: &'static str,
     pub start: Instant,
     pub deadline: Option<Instant>,
+    /// `grpc` or `http` (the `protocol` label of the request metrics).
+    pub protocol: &'static str,
     /// The models this call used, (name, revision), in the order first used.
     models: Mutex<Vec<(String, String)>>,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Metadata key the HTTP front sets on the calls it bridges (the `protocol` metrics label). A
+/// gRPC caller sending it only relabels its own calls.
+pub const PROTOCOL_KEY: &str = "x-rllr-protocol";
+
+/// The protocol a call arrived over.
+fn protocol(md: Option<&MetadataMap>) -> &'static str {
+    match md
+        .and_then(|m| m.get(PROTOCOL_KEY))
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("http") => "http",
+        _ => "grpc",
+    }
 }
 
 /// Longest caller-chosen `x-request-id` kept; longer ones are replaced by a server id.
@@ -79,7 +96,7 @@ impl AppState {
         match r {
             Ok(permit) => Ok(self.call(Some(md), method, deadline(md), Some(permit))),
             Err(e) => {
-                record_failure(method, "", &e);
+                record_failure(method, protocol(Some(md)), "", &e);
                 Err(e)
             }
         }
@@ -96,6 +113,7 @@ impl AppState {
         Call {
             id: md.and_then(caller_request_id).unwrap_or_else(|| self.id()),
             method,
+            protocol: protocol(md),
             start: Instant::now(),
             deadline,
             models: Mutex::new(Vec::new()),
@@ -122,7 +140,7 @@ impl AppState {
     /// A call that takes no permit (cheap metadata RPCs).
     pub fn begin_light(&self, md: &MetadataMap, method: &'static str, role: Role) -> Result<Call> {
         if let Err(e) = self.auth.check(md, role) {
-            record_failure(method, "", &e);
+            record_failure(method, protocol(Some(md)), "", &e);
             return Err(e);
         }
         Ok(self.call(Some(md), method, deadline(md), None))
@@ -169,13 +187,14 @@ impl Call {
     pub fn finish<T>(self, result: Result<T>) -> std::result::Result<Response<T>, Status> {
         let elapsed = self.start.elapsed();
         let model = self.model_label();
-        metrics::histogram!("rllr_request_duration_seconds", "method" => self.method, "model" => model.clone())
+        let proto = self.protocol;
+        metrics::histogram!("rllr_request_duration_seconds", "method" => self.method, "protocol" => proto, "model" => model.clone())
             .record(elapsed.as_secs_f64());
         match result {
             Ok(v) => {
-                metrics::counter!("rllr_requests_total", "method" => self.method, "model" => model.clone())
+                metrics::counter!("rllr_requests_total", "method" => self.method, "protocol" => proto, "model" => model.clone())
                     .increment(1);
-                metrics::counter!("rllr_request_success_total", "method" => self.method, "model" => model)
+                metrics::counter!("rllr_request_success_total", "method" => self.method, "protocol" => proto, "model" => model)
                     .increment(1);
                 tracing::debug!(request_id = %self.id, method = self.method, ms = elapsed.as_millis() as u64, "ok");
                 let mut r = Response::new(v);
@@ -185,7 +204,7 @@ impl Call {
                 Ok(r)
             }
             Err(e) => {
-                record_failure(self.method, &model, &e);
+                record_failure(self.method, proto, &model, &e);
                 tracing::info!(request_id = %self.id, method = self.method, error = %e, "request failed");
                 let mut status: Status = e.into();
                 if let Ok(v) = self.id.parse() {
@@ -227,10 +246,10 @@ impl Call {
 
 /// Count a finished-with-error call: in `rllr_requests_total` (every call ends in exactly one of
 /// success or failure) and in `rllr_request_failure_total` by error kind.
-fn record_failure(method: &'static str, model: &str, e: &Error) {
-    metrics::counter!("rllr_requests_total", "method" => method, "model" => model.to_string())
+fn record_failure(method: &'static str, protocol: &'static str, model: &str, e: &Error) {
+    metrics::counter!("rllr_requests_total", "method" => method, "protocol" => protocol, "model" => model.to_string())
         .increment(1);
-    metrics::counter!("rllr_request_failure_total", "method" => method, "model" => model.to_string(), "err" => e.kind())
+    metrics::counter!("rllr_request_failure_total", "method" => method, "protocol" => protocol, "model" => model.to_string(), "err" => e.kind())
         .increment(1);
 }
 

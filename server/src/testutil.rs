@@ -124,6 +124,7 @@ pub fn config(root: &Path) -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".into(),
         metrics_listen: "127.0.0.1:0".into(),
+        http_listen: "127.0.0.1:0".into(),
         model_root: root.to_path_buf(),
         models: ["pol", "pol-chat", "rm", "rm2"]
             .iter()
@@ -157,34 +158,111 @@ pub fn item(a: &str, b: &str, rationale: &str, label: &str) -> rllr_proto::v1::S
     }
 }
 
-/// GET `/metrics` from the exporter's listener and return the body (the listener is hyper, so
-/// ask it to close the connection rather than keep it alive, and undo chunked encoding).
+/// GET `/metrics` from the exporter's listener and return the body.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    let r = http(addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+/// One HTTP/1.1 answer.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// Send one HTTP/1.1 request (`connection: close`) and read the whole answer, undoing chunked
+/// encoding: enough for the tests, without an HTTP client crate.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpReply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     let out = String::from_utf8(out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return body.to_string();
-    }
-    let mut rest = body;
-    let mut text = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").unwrap();
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
-        if n == 0 {
-            return text;
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        let mut rest = body;
+        let mut text = String::new();
+        loop {
+            let (size, after) = rest.split_once("\r\n").unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break text;
+            }
+            text.push_str(&after[..n]);
+            rest = &after[n + 2..];
         }
-        text.push_str(&after[..n]);
-        rest = &after[n + 2..];
+    } else {
+        body.to_string()
+    };
+    HttpReply {
+        status,
+        headers,
+        body,
     }
+}
+
+/// POST a JSON body to the HTTP front of `s`.
+pub async fn post_json(
+    s: &RunningServer,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> HttpReply {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    http(
+        s.http_addr.expect("the HTTP front is on"),
+        "POST",
+        path,
+        &h,
+        &body.to_string(),
+    )
+    .await
 }

@@ -79,18 +79,37 @@ pub fn label_index(model: &ModelEntry, label: &str, field: &str) -> Result<Optio
         })
 }
 
+/// What a scored response answers: a task input the server renders (Score, Compare, best-of-n),
+/// or a prompt the caller already rendered with the model's chat template (`/get_reward`, whose
+/// queries are full chat texts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    Task(TaskInput),
+    Rendered(String),
+}
+
+impl Prompt {
+    /// The chat-rendered prompt text under `model`.
+    pub fn render(&self, model: &ModelEntry, field: &str) -> Result<String> {
+        match self {
+            Prompt::Task(input) => Ok(model
+                .template
+                .render_prompt(None, &query(model, input, field)?)),
+            Prompt::Rendered(p) => Ok(p.clone()),
+        }
+    }
+}
+
 /// Tokens of the scored text for one response.
 pub fn score_tokens(
     model: &ModelEntry,
-    input: &TaskInput,
+    prompt: &Prompt,
     rationale: &str,
     label: &str,
     max_tokens: usize,
     field: &str,
 ) -> Result<Vec<u32>> {
-    let prompt = model
-        .template
-        .render_prompt(None, &query(model, input, field)?);
+    let prompt = prompt.render(model, field)?;
     let text = format!(
         "{prompt}{}{}",
         model.format.render(rationale, label),

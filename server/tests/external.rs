@@ -1,6 +1,8 @@
 //! Checks with external tools against a live server: the Python grpcio client generated from the
-//! same proto, and `promtool check metrics` on the /metrics endpoint. Ignored by default because
-//! they need `pip install grpcio grpcio-tools` and Debian's `prometheus`; `.ci/run` installs both.
+//! same proto, the `openai` Python SDK on the OpenAI-compatible endpoints, the curl examples of
+//! docs/client.md, and `promtool check metrics` on the /metrics endpoint. Ignored by default
+//! because they need `pip install grpcio grpcio-tools openai`, curl and Debian's `prometheus`;
+//! `.ci/run` installs them.
 
 mod common;
 
@@ -30,6 +32,96 @@ async fn python_grpcio_client() {
     eprintln!("{text}");
     assert!(out.status.success(), "python client failed:\n{text}");
     server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// Run `server/tests/openai_client.py` against `addr` (the SDK checks plain vs streamed chat).
+async fn openai_sdk(addr: std::net::SocketAddr, model: &str, text_pair: Option<&str>) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let mut args = vec![script.to_string(), addr.to_string(), model.to_string()];
+    args.extend(text_pair.map(str::to_string));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3").args(&args).output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "openai SDK client failed:\n{text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with the openai SDK (run by .ci/run)"]
+async fn python_openai_sdk_client() {
+    let root = common::model_root();
+    let server = common::start(common::config(root.path())).await;
+    openai_sdk(
+        server.http_addr.unwrap(),
+        "pol-chat",
+        Some("A person rests."),
+    )
+    .await;
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// The `sh` blocks of docs/client.md's HTTP section that call curl.
+fn docs_curl_commands() -> Vec<String> {
+    let doc = include_str!("../../docs/client.md");
+    let section = doc
+        .split("## HTTP/JSON")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("docs/client.md has an HTTP/JSON section");
+    let mut cmds = Vec::new();
+    for block in section.split("```sh\n").skip(1) {
+        let body = block.split("```").next().unwrap_or_default();
+        // Join continuation lines, one command per line.
+        for cmd in body.replace("\\\n", " ").lines() {
+            if cmd.trim_start().starts_with("curl") {
+                cmds.push(cmd.to_string());
+            }
+        }
+    }
+    cmds
+}
+
+/// Run each curl command of the docs against `addr` (in place of localhost:8080); returns outputs.
+async fn run_docs_curl(addr: std::net::SocketAddr) -> Vec<String> {
+    let cmds = docs_curl_commands();
+    assert!(
+        cmds.len() >= 6,
+        "expected the documented curl examples, got {cmds:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for cmd in cmds {
+        let cmd = cmd.replace("localhost:8080", &addr.to_string());
+        let d = dir.path().to_path_buf();
+        let c = cmd.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("bash")
+                .args(["-euo", "pipefail", "-c", &c])
+                .current_dir(d)
+                .output()
+        })
+        .await
+        .unwrap()
+        .expect("bash runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "`{cmd}` failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outs.push(text);
+    }
+    assert!(dir.path().join("openapi.json").exists());
+    outs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,6 +206,8 @@ async fn smollm2_embedded_default_serves_the_quickstart_models() {
         "--listen",
         "127.0.0.1:0",
         "--metrics-listen",
+        "127.0.0.1:0",
+        "--http-listen",
         "127.0.0.1:0",
         "--model-root",
         root,
@@ -221,6 +315,53 @@ async fn smollm2_embedded_default_serves_the_quickstart_models() {
     assert!(
         accuracy >= majority + 0.10,
         "served policy {policy}: accuracy {accuracy:.3} on 64 dev examples, majority rate {majority:.3}"
+    );
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// The HTTP front on the embedded default: every curl example of docs/client.md runs as written
+/// (with the test server's port), the documented `/get_reward` query gets the same mixed reward as
+/// the documented `/v1/score` item it renders, and the `openai` SDK talks to the served policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs models/smollm2-135m-instruct (scripts/fetch-smollm2.sh), curl and the openai SDK"]
+async fn smollm2_docs_curl_examples_run_as_written() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
+    let cfg = rllr_server::ServerConfig::load_from([
+        "rllr-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--model-root",
+        root,
+    ])
+    .unwrap();
+    let policy = cfg.default_policy_model.clone().unwrap();
+    let server = common::start(cfg).await;
+    let addr = server.http_addr.unwrap();
+    let outs = run_docs_curl(addr).await;
+    let json = |s: &str| -> serde_json::Value { serde_json::from_str(s).unwrap() };
+    let score = outs
+        .iter()
+        .find(|o| o.contains("\"rewards\"") && o.contains("\"mixed_reward\""))
+        .expect("the /v1/score example answered");
+    let get = outs
+        .iter()
+        .find(|o| o.contains("\"extra_logs\""))
+        .expect("the /get_reward example answered");
+    let mixed = json(score)["rewards"][0]["mixed_reward"].as_f64().unwrap();
+    let rewarded = json(get)["rewards"][0].as_f64().unwrap();
+    assert!(
+        (mixed - rewarded).abs() <= 1e-5,
+        "/get_reward {rewarded} vs /v1/score {mixed}"
+    );
+    let sdk = openai_sdk(addr, &policy, None).await;
+    let label = json(sdk.trim())["label"].clone();
+    assert!(
+        label == "positive" || label == "negative",
+        "the served policy answered {label}"
     );
     server.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -27,6 +27,7 @@ async fn tokens_appear_in_no_log_line_and_no_metric() {
     let root = model_root();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rllr-server"))
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0"])
         .args(["--model", "rm=rm", "--log-format", "json"])
         .arg("--model-root")
         .arg(root.path())
