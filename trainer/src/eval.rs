@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use rllr_core::checkpoint::{self, SCORE_HEAD};
-use rllr_core::dataset::{read_examples, read_jsonl, Example, Pair};
+use rllr_core::dataset::{read_examples, Example, Pair};
 use rllr_core::task::TaskSpec;
 use rllr_core::template::ChatTemplate;
 use rllr_core::{
@@ -412,9 +412,17 @@ pub struct RewardEvalArgs {
     /// Task spec file.
     #[arg(long, env = "RLLR_TRAIN_TASK")]
     pub task: PathBuf,
-    /// Pair file (JSONL).
+    /// Pair file (JSONL): rllr's pair records or TRL preference records.
     #[arg(long, env = "RLLR_TRAIN_PAIRS")]
     pub pairs: PathBuf,
+    /// Layout of the pair file: auto (by its keys), rllr or trl.
+    #[arg(
+        long,
+        env = "RLLR_TRAIN_PAIRS_FORMAT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub pairs_format: crate::data::trl::PairsFormat,
     #[arg(long, env = "RLLR_TRAIN_LIMIT", default_value_t = 0)]
     pub limit: usize,
     #[arg(long, env = "RLLR_TRAIN_CUTOFF_LEN", default_value_t = 512)]
@@ -548,7 +556,7 @@ pub fn print_policy(task: &TaskSpec, r: &PolicyReport) {
 
 fn run_reward(a: &RewardEvalArgs) -> anyhow::Result<()> {
     let task = TaskSpec::load(&a.task).with_context(|| format!("task {}", a.task.display()))?;
-    let mut pairs: Vec<Pair> = read_jsonl(&a.pairs)?;
+    let mut pairs = crate::data::trl::read_pairs(&a.pairs, &task, a.pairs_format)?;
     if a.limit > 0 {
         pairs.truncate(a.limit);
     }

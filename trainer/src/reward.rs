@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::ValueEnum;
 use rllr_core::checkpoint::{save_adapter, SCORE_HEAD};
-use rllr_core::dataset::{read_jsonl, Pair};
+use rllr_core::dataset::Pair;
 use rllr_core::manifest::{Manifest, ModelKind};
 use rllr_core::task::TaskSpec;
 use rllr_core::{Batch, ForwardCtx, Llama, PaddingSide};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use crate::data::trl::PairsFormat;
 use crate::eval::{encode_pairs, pair_metrics, score_pairs, PairItem};
 use crate::stage;
 use crate::train::config::{overridable, required, stage_args, LoraSection, TrainConfig};
@@ -62,8 +63,10 @@ overridable! {
             model: PathBuf, "RLLR_TRAIN_MODEL";
             /// Task spec file.
             task: PathBuf, "RLLR_TRAIN_TASK";
-            /// Training pairs (JSONL).
+            /// Training pairs (JSONL): rllr's pair records or TRL preference records.
             pairs: PathBuf, "RLLR_TRAIN_PAIRS";
+            /// Layout of the pair files: auto (default; by each file's keys), rllr or trl.
+            pairs_format: PairsFormat, "RLLR_TRAIN_PAIRS_FORMAT";
             /// Run directory: model/ (adapter + head + rllr.json), checkpoints/, metrics.jsonl, report.json.
             output: PathBuf, "RLLR_TRAIN_OUTPUT";
         }
@@ -195,8 +198,13 @@ impl Objective for RewardObjective {
     }
 }
 
-fn read_pairs(path: &std::path::Path, task: &TaskSpec, limit: usize) -> anyhow::Result<Vec<Pair>> {
-    let mut pairs: Vec<Pair> = read_jsonl(path)?;
+fn read_pairs(
+    path: &std::path::Path,
+    task: &TaskSpec,
+    format: PairsFormat,
+    limit: usize,
+) -> anyhow::Result<Vec<Pair>> {
+    let mut pairs = crate::data::trl::read_pairs(path, task, format)?;
     if limit > 0 {
         pairs.truncate(limit);
     }
@@ -218,7 +226,8 @@ pub fn run(args: &RewardArgs) -> anyhow::Result<()> {
     }
     let task =
         TaskSpec::load(&task_path).with_context(|| format!("task {}", task_path.display()))?;
-    let pairs = read_pairs(&pairs_path, &task, c.limit)?;
+    let format = c.pairs_format.unwrap_or_default();
+    let pairs = read_pairs(&pairs_path, &task, format, c.limit)?;
     let eval_files: Vec<PathBuf> = c
         .eval_pairs
         .split(',')
@@ -228,7 +237,7 @@ pub fn run(args: &RewardArgs) -> anyhow::Result<()> {
         .collect();
     let eval_sets = eval_files
         .iter()
-        .map(|p| Ok((p.clone(), read_pairs(p, &task, c.eval_limit)?)))
+        .map(|p| Ok((p.clone(), read_pairs(p, &task, format, c.eval_limit)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let ckpt = stage::open_checkpoint(&model_dir, "--model", Some(&task))?;
     let mut loaded = stage::load(ckpt, &c.template, &tc.device, &tc.dtype)?;

@@ -303,6 +303,93 @@ fn bad_input_is_refused_before_training() {
     expect_err(&mut reward(&pairs, &base), "mismatched checkpoint");
 }
 
+/// `rllr-train data <sub> --task toy --tasks-dir <dir> ...`.
+fn data(sub: &str, dir: &Path) -> Command {
+    let mut c = bin();
+    c.args(["data", sub, "--task", "toy", "--tasks-dir"])
+        .arg(dir);
+    c
+}
+
+fn read_pairs(path: &Path) -> Vec<rllr_core::dataset::Pair> {
+    rllr_core::dataset::read_jsonl(path).unwrap()
+}
+
+#[test]
+fn trl_export_then_import_from_the_command_line_gives_the_same_pairs() {
+    let root = tempfile::tempdir().unwrap();
+    let (_, _, pairs) = tiny_task(root.path());
+    let (trl, back) = (
+        root.path().join("trl.jsonl"),
+        root.path().join("back.jsonl"),
+    );
+    let o = run(data("export-trl", root.path())
+        .arg("--conversational")
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--to")
+        .arg(&trl));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(data("import-trl", root.path())
+        .arg("--from")
+        .arg(&trl)
+        .arg("--to")
+        .arg(&back));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(read_pairs(&back), read_pairs(&pairs));
+}
+
+#[test]
+fn reward_trains_on_trl_pairs() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("base");
+    tiny_checkpoint(&base);
+    let (task, _, pairs) = tiny_task(root.path());
+    let trl = root.path().join("trl.jsonl");
+    let o = run(data("export-trl", root.path())
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--to")
+        .arg(&trl));
+    assert!(o.status.success(), "{}", text(&o));
+    let out = root.path().join("rm");
+    let o = run(bin()
+        .args(["reward", "--max-steps", "2", "--batch-size", "8"])
+        .arg("--model")
+        .arg(&base)
+        .arg("--task")
+        .arg(&task)
+        .arg("--pairs")
+        .arg(&trl)
+        .arg("--output")
+        .arg(&out));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("model").join("rllr.json").exists(), "{}", text(&o));
+}
+
+#[test]
+fn a_malformed_trl_file_fails_naming_file_line_and_field() {
+    let root = tempfile::tempdir().unwrap();
+    tiny_task(root.path());
+    let good = json!({"prompt": "is it hot or cold ?\nfire", "chosen": "it burns\nAnswer: hot",
+        "rejected": "Answer: cold"});
+    let bad = json!({"prompt": "is it hot or cold ?\nice", "rejected": "Answer: hot"});
+    let from = write(&root.path().join("bad.jsonl"), &format!("{good}\n{bad}\n"));
+    let to = root.path().join("out.jsonl");
+    let o = run(data("import-trl", root.path())
+        .arg("--from")
+        .arg(&from)
+        .arg("--to")
+        .arg(&to));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("bad.jsonl:2: field 'chosen': missing"),
+        "{}",
+        text(&o)
+    );
+    assert!(!to.exists());
+}
+
 #[test]
 fn the_command_line_follows_the_conventions() {
     rllr_cli::conformance::check_binary(

@@ -152,7 +152,7 @@ pub fn import(task: &TaskSpec, records: &[AlpacaRecord]) -> Result<Imported, Dat
 
 /// The canonical label and rationale of a response; an answer outside the label set is an error
 /// naming it.
-fn parse_response(task: &TaskSpec, text: &str) -> Result<(String, String), String> {
+pub(super) fn parse_response(task: &TaskSpec, text: &str) -> Result<(String, String), String> {
     let parsed = task.response_format().parse(text, &task.label_texts());
     match parsed.label {
         Some(i) => Ok((task.labels[i].name.clone(), parsed.rationale)),

@@ -1,12 +1,12 @@
 //! `rllr-train data …`: the command-line glue over the data library (build the bundled files,
-//! import and export alpaca JSON). Argument parsing and reporting only; the work is in the
+//! import and export alpaca JSON and TRL preference JSONL). Argument parsing and reporting only; the work is in the
 //! sibling modules.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use rllr_core::dataset::{read_examples, read_jsonl, write_jsonl, Pair};
+use rllr_core::dataset::{read_examples, write_jsonl, Pair};
 use rllr_core::fsutil::write_file_atomic;
 use rllr_core::task::TaskSpec;
 
@@ -14,6 +14,7 @@ use super::alpaca::{self, AlpacaRecord, SftOutput};
 use super::build::{build_task, markdown_table};
 use super::sources::TASKS;
 use super::split::{Sizes, TARGET};
+use super::trl::{self, PairsFormat, TrlStyle};
 
 /// Which task a command works on: its name, looked up in the task-spec directory.
 #[derive(Args, Debug, Clone)]
@@ -49,6 +50,12 @@ pub enum DataCommand {
     ImportAlpaca(ImportArgs),
     /// Write canonical examples or pairs as the reference code's alpaca JSON.
     ExportAlpaca(ExportArgs),
+    /// Read TRL preference JSONL (`prompt` / `chosen` / `rejected`, standard or conversational)
+    /// into canonical pairs JSONL.
+    ImportTrl(ImportTrlArgs),
+    /// Write canonical pairs as TRL preference JSONL (standard, or conversational with
+    /// `--conversational`).
+    ExportTrl(ExportTrlArgs),
 }
 
 #[derive(Args, Debug)]
@@ -110,12 +117,43 @@ pub struct ExportArgs {
     pub to: PathBuf,
 }
 
+#[derive(Args, Debug)]
+pub struct ImportTrlArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// TRL preference JSONL; each record's prompt must be the task's user turn (instruction,
+    /// newline, input) and `chosen` must end in an answer line of the task.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Canonical pairs JSONL to write (atomically).
+    #[arg(long)]
+    pub to: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportTrlArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Pairs to export: canonical pairs JSONL (or TRL JSONL, to change its style).
+    #[arg(long)]
+    pub pairs: PathBuf,
+    /// Write conversational records (`[{"role", "content"}]` lists; TRL applies the tokenizer's chat
+    /// template) instead of standard ones (plain strings).
+    #[arg(long, env = "RLLR_TRAIN_CONVERSATIONAL")]
+    pub conversational: bool,
+    /// TRL JSONL file to write (atomically).
+    #[arg(long)]
+    pub to: PathBuf,
+}
+
 /// Run a `data` subcommand.
 pub fn run(args: &DataArgs) -> anyhow::Result<()> {
     match &args.command {
         DataCommand::Build(a) => build(a),
         DataCommand::ImportAlpaca(a) => import(a),
         DataCommand::ExportAlpaca(a) => export(a),
+        DataCommand::ImportTrl(a) => import_trl(a),
+        DataCommand::ExportTrl(a) => export_trl(a),
     }
 }
 
@@ -183,7 +221,7 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
         (Some(path), _) => {
             alpaca::export_examples(&task, &read_examples(path, &task)?, args.output)?
         }
-        (None, Some(path)) => (alpaca::export_pairs(&task, &read_pairs(path)?)?, 0),
+        (None, Some(path)) => (alpaca::export_pairs(&task, &read_pairs(path, &task)?)?, 0),
         (None, None) => bail!("pass --examples or --pairs"),
     };
     let json = serde_json::to_string_pretty(&records)?;
@@ -196,7 +234,49 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read a pairs JSONL file (errors name file and line).
-pub fn read_pairs(path: &Path) -> anyhow::Result<Vec<Pair>> {
-    Ok(read_jsonl(path)?)
+fn import_trl(args: &ImportTrlArgs) -> anyhow::Result<()> {
+    let task = args.task.load()?;
+    let got = trl::read(&task, &args.from)?;
+    if got.pairs.is_empty() {
+        bail!("{}: no records", args.from.display());
+    }
+    write_jsonl(&args.to, &got.pairs)?;
+    if got.system_dropped > 0 {
+        tracing::warn!(
+            records = got.system_dropped,
+            "system turns dropped; the chat template's system text is used"
+        );
+    }
+    println!(
+        "imported {} pairs ({} system turns dropped) -> {}",
+        got.pairs.len(),
+        got.system_dropped,
+        args.to.display()
+    );
+    Ok(())
+}
+
+fn export_trl(args: &ExportTrlArgs) -> anyhow::Result<()> {
+    let task = args.task.load()?;
+    let pairs = read_pairs(&args.pairs, &task)?;
+    let style = match args.conversational {
+        true => TrlStyle::Conversational,
+        false => TrlStyle::Standard,
+    };
+    let text = trl::export_pairs(&task, &pairs, style)?;
+    write_file_atomic(&args.to, text.as_bytes())?;
+    println!(
+        "exported {} pairs ({style:?}) -> {}",
+        pairs.len(),
+        args.to.display()
+    );
+    Ok(())
+}
+
+/// Read a pairs file, canonical or TRL (detected by its keys), and check it against `task`
+/// (errors name file and line).
+pub fn read_pairs(path: &Path, task: &TaskSpec) -> anyhow::Result<Vec<Pair>> {
+    let pairs = trl::read_pairs(path, task, PairsFormat::Auto)?;
+    crate::stage::check_pairs(&pairs, task, path)?;
+    Ok(pairs)
 }

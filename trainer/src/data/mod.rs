@@ -1,12 +1,13 @@
 //! Bundled task data: converting the raw public datasets into the canonical JSONL schema
 //! (`rllr_core::dataset`), splitting them reproducibly, and moving data to and from the reference
-//! code's alpaca JSON.
+//! code's alpaca JSON and TRL's preference JSONL.
 
 pub mod alpaca;
 pub mod build;
 pub mod cli;
 pub mod sources;
 pub mod split;
+pub mod trl;
 
 use std::path::PathBuf;
 

@@ -286,6 +286,7 @@ fn eval_reward(j: &EvalRewardJob, out: &Path) -> anyhow::Result<()> {
             base: Some(j.base.clone()),
             task: j.task.clone(),
             pairs: j.pairs.clone(),
+            pairs_format: crate::data::trl::PairsFormat::Rllr,
             limit: j.limit,
             cutoff_len: j.cutoff_len,
             batch_size: j.batch_size,
