@@ -174,7 +174,7 @@ async fn main() -> Result<()> {
         let mut model = ckpt.load_model(DType::F32, &Device::Cpu)?;
         model.add_new_head("score", false, 7)?;
         let mut m = Manifest::new(ModelKind::Reward, "bench");
-        m.chat_template = Some("chatml".into());
+        m.chat_template = Some(rllr_core::template::ChatTemplate::from_name("chatml")?);
         m.head = Some("score".into());
         m.task_spec = Some(serde_json::from_value(
             json!({"name": "nli", "instruction": "Does the premise entail the hypothesis?", "input_fields": ["premise", "hypothesis"], "labels": [{"name": "entailment"}, {"name": "neutral"}, {"name": "contradiction"}]}),

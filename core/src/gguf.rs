@@ -103,15 +103,28 @@ pub fn write_hf_checkpoint(import: &GgufImport, dest: &Path, dtype: DType) -> Re
 }
 
 /// The `rllr.json` of an imported base model: kind `base`, the chat template its tokenizer
-/// config declares, and where it came from.
+/// config declares, and where it came from. A template a built-in covers is recorded by that
+/// built-in's name (as before: ChatML without a default system text); any other (Llama-3, ...) is
+/// recorded as the jinja itself with the GGUF's BOS/EOS text.
 pub fn base_manifest(import: &GgufImport, source: Option<&Path>) -> Manifest {
     let mut m = Manifest::new(ModelKind::Base, "convert");
-    m.chat_template = import
+    let detected = import
         .tokenizer_config
         .get("chat_template")
         .and_then(|t| t.as_str())
-        .and_then(ChatTemplate::detect)
-        .map(|t| t.name().to_string());
+        .and_then(ChatTemplate::detect);
+    m.chat_template = match detected {
+        Some(ChatTemplate::Jinja(_)) | None => {
+            match ChatTemplate::from_tokenizer_config(&import.tokenizer_config, "the GGUF") {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("{e}; the imported model gets no chat template");
+                    None
+                }
+            }
+        }
+        Some(t) => ChatTemplate::from_name(t.name()).ok(),
+    };
     m.provenance.source = source.map(|p| p.display().to_string());
     m
 }

@@ -90,9 +90,10 @@ pub struct Manifest {
     /// Whether targets carried rationales (CoT) or the label alone.
     #[serde(default)]
     pub rationales: bool,
-    /// Chat template name (`chatml`, `llama2`, `mistral`, `plain`).
+    /// Chat template: a built-in by name (`"chatml"` or `{"name": "chatml", "system": ...}`) or the
+    /// checkpoint's jinja written whole (`{"name": "jinja", "source": ...}`); see `template`.
     #[serde(default)]
-    pub chat_template: Option<String>,
+    pub chat_template: Option<crate::template::ChatTemplate>,
     /// The checkpoint this one builds on (adapters need it; merged models record it).
     #[serde(default)]
     pub base_checkpoint: Option<String>,

@@ -10,6 +10,22 @@
 //! | `mistral` | `<s>[INST] {query} [/INST]`                                                              | `</s>`          |
 //! | `chatml`  | `<\|im_start\|>system\n{system}<\|im_end\|>\n<\|im_start\|>user\n{query}<\|im_end\|>\n<\|im_start\|>assistant\n` | `<\|im_end\|>` |
 //! | `plain`   | `{query}\n` (base models)                                                                | EOS id          |
+//! | `jinja`   | the checkpoint's own `chat_template` rendered for `[system?, user]` with `add_generation_prompt` | derived (below) |
+//!
+//! `jinja` is the Hugging Face template of the checkpoint (`tokenizer_config.json` →
+//! `chat_template`, a string or a list of named templates, with `bos_token` / `eos_token`), rendered
+//! by `minijinja` as `transformers.apply_chat_template` renders it (see [`JinjaTemplate`]; text- and
+//! token-identical on Llama-3, Mistral-v0.3 and SmolLM2: `tests/fixtures/templates/`). Its reply end
+//! is derived: render `[user, assistant(sentinel)]` and take what follows the sentinel, trailing
+//! whitespace trimmed (`<|im_end|>\n` → `<|im_end|>`, `<|eot_id|>`, `</s>`). A template that renders
+//! no `system` message (it raises, or drops it) gets system text prepended to the user turn as
+//! Mistral and Plain do. Llama-3 (`<|start_header_id|>`) has no built-in: [`ChatTemplate::detect`]
+//! returns its jinja.
+//!
+//! Resolution from a checkpoint ([`ChatTemplate::resolve`]): an explicit name wins (`chatml`, ...,
+//! or `jinja` = the checkpoint's template); `auto` takes the manifest's (`rllr.json`) template, else
+//! the checkpoint's jinja, else a built-in detected from it, else `plain`. So checkpoints whose
+//! manifest names a built-in render exactly as before.
 //!
 //! BOS is written as its text `<s>`; the tokenizer maps it to the special id (segments are tokenised
 //! with special tokens parsed and `add_special_tokens = false`, so nothing adds a second BOS).
@@ -20,7 +36,13 @@
 //!
 //! Serialisation: a template is written as `{"name": "chatml", "system": "..."}` where `system` is
 //! omitted when it is the template's default (none for ChatML, the stock prompt for Llama-2; Mistral
-//! and Plain have none). A bare string such as `"llama2"` is accepted on input as shorthand.
+//! and Plain have none). A bare string such as `"llama2"` is accepted on input as shorthand. A jinja
+//! template is written whole, so a manifest is self-contained:
+//! `{"name": "jinja", "source": "...", "bos_token": "...", "eos_token": "...", "system"?: "..."}`.
+
+mod jinja;
+
+pub use jinja::JinjaTemplate;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,8 +55,15 @@ pub const LLAMA2_DEFAULT_SYSTEM: &str = "You are a helpful, respectful and hones
 pub const SMOLLM2_DEFAULT_SYSTEM: &str =
     "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
-/// The names `from_name` accepts.
+/// The names `from_name` accepts (the built-ins).
 pub const TEMPLATE_NAMES: [&str; 4] = ["chatml", "llama2", "mistral", "plain"];
+
+/// The name of the checkpoint's own jinja template (`--template jinja`, `{"name": "jinja"}`).
+pub const JINJA_NAME: &str = "jinja";
+
+/// Llama-3's special tokens, for [`ChatTemplate::detect`] given only the jinja text.
+const LLAMA3_BOS: &str = "<|begin_of_text|>";
+const LLAMA3_EOT: &str = "<|eot_id|>";
 
 /// How a (system, user) turn is laid out for a particular model family.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +77,8 @@ pub enum ChatTemplate {
     Mistral,
     /// Base models: the query and a newline.
     Plain,
+    /// The checkpoint's Hugging Face jinja template.
+    Jinja(Box<JinjaTemplate>),
 }
 
 /// `query = instruction + "\n" + input` when `input` is non-empty, else `instruction` (docs/method.md §2.2).
@@ -70,8 +101,13 @@ impl ChatTemplate {
             "llama2" => Ok(ChatTemplate::llama2()),
             "mistral" => Ok(ChatTemplate::Mistral),
             "plain" => Ok(ChatTemplate::Plain),
+            JINJA_NAME => Err(Error::Template(
+                "template 'jinja' is the checkpoint's own chat_template: it needs the \
+                 tokenizer_config.json (resolve it from a checkpoint, or give its 'source')"
+                    .into(),
+            )),
             other => Err(Error::Template(format!(
-                "unknown template '{other}'; valid names: {}",
+                "unknown template '{other}'; valid names: {}, or jinja (the checkpoint's own)",
                 TEMPLATE_NAMES.join(", ")
             ))),
         }
@@ -98,14 +134,87 @@ impl ChatTemplate {
             ChatTemplate::Llama2 { .. } => "llama2",
             ChatTemplate::Mistral => "mistral",
             ChatTemplate::Plain => "plain",
+            ChatTemplate::Jinja(_) => JINJA_NAME,
+        }
+    }
+
+    /// The checkpoint's jinja template from a parsed `tokenizer_config.json` (`origin` names the
+    /// file in errors); `None` when it has no `chat_template`.
+    pub fn from_tokenizer_config(cfg: &serde_json::Value, origin: &str) -> Result<Option<Self>> {
+        Ok(JinjaTemplate::from_tokenizer_config(cfg, origin)?
+            .map(|t| ChatTemplate::Jinja(Box::new(t))))
+    }
+
+    /// The template for a checkpoint. `requested`: an explicit name (`chatml`, `llama2`, `mistral`,
+    /// `plain`, or `jinja` = the checkpoint's own) wins; `auto` or empty ⇒ the manifest's template,
+    /// else the checkpoint's jinja (`tokenizer_config`, read from `origin`), else a built-in
+    /// detected from the jinja text when minijinja cannot compile it (with a warning), else plain.
+    pub fn resolve(
+        requested: &str,
+        manifest: Option<&ChatTemplate>,
+        tokenizer_config: Option<&serde_json::Value>,
+        origin: &str,
+    ) -> Result<Self> {
+        let from_checkpoint = || -> Result<Self> {
+            let cfg = tokenizer_config.ok_or_else(|| {
+                Error::Template(format!(
+                    "template 'jinja': {origin} not found (no tokenizer_config.json)"
+                ))
+            })?;
+            Self::from_tokenizer_config(cfg, origin)?.ok_or_else(|| {
+                Error::Template(format!("template 'jinja': {origin} has no chat_template"))
+            })
+        };
+        match requested {
+            "" | "auto" => {}
+            JINJA_NAME => return from_checkpoint(),
+            name => return Self::from_name(name),
+        }
+        if let Some(t) = manifest {
+            return Ok(t.clone());
+        }
+        let Some(cfg) = tokenizer_config else {
+            return Ok(ChatTemplate::Plain);
+        };
+        match Self::from_tokenizer_config(cfg, origin) {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Ok(ChatTemplate::Plain),
+            Err(e) => {
+                let detected = cfg
+                    .get("chat_template")
+                    .and_then(|t| t.as_str())
+                    .and_then(ChatTemplate::detect)
+                    .filter(|t| !matches!(t, ChatTemplate::Jinja(_)));
+                tracing::warn!(
+                    "{e}; using {}",
+                    detected.as_ref().map_or("plain", |t| t.name())
+                );
+                Ok(detected.unwrap_or(ChatTemplate::Plain))
+            }
         }
     }
 
     /// The prompt up to where the assistant's reply begins (the generation prompt).
     ///
-    /// `system` overrides the template's default; `Some("")` asks for no system text.
+    /// `system` overrides the template's default; `Some("")` asks for no system text (a jinja
+    /// template then gets no system message and may still write its own default, as SmolLM2's
+    /// does). Built-ins cannot fail; a jinja template can only fail on content its own
+    /// `raise_exception` rejects, and then this logs the error and falls back to `plain`'s layout:
+    /// use [`Self::try_render_prompt`] to get the error instead.
     pub fn render_prompt(&self, system: Option<&str>, user: &str) -> String {
-        match self {
+        match self.try_render_prompt(system, user) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}; falling back to the plain layout");
+                ChatTemplate::Plain.render_prompt(system, user)
+            }
+        }
+    }
+
+    /// [`Self::render_prompt`], with a jinja rendering error returned as [`Error::Template`].
+    pub fn try_render_prompt(&self, system: Option<&str>, user: &str) -> Result<String> {
+        Ok(match self {
+            ChatTemplate::Jinja(t) => return t.render_prompt(system, user),
             ChatTemplate::ChatMl { default_system } => {
                 let sys = system.or(default_system.as_deref()).unwrap_or("");
                 let mut out = String::with_capacity(sys.len() + user.len() + 80);
@@ -129,15 +238,17 @@ impl ChatTemplate {
             }
             ChatTemplate::Mistral => format!("<s>[INST] {} [/INST]", with_system(system, user)),
             ChatTemplate::Plain => format!("{}\n", with_system(system, user)),
-        }
+        })
     }
 
-    /// Text that closes a reply in training targets. Empty for Plain: the caller appends the EOS id.
-    pub fn response_end(&self) -> &'static str {
+    /// Text that closes a reply in training targets. Empty for Plain (and a jinja template that
+    /// writes nothing after a reply): the caller appends the EOS id.
+    pub fn response_end(&self) -> &str {
         match self {
             ChatTemplate::ChatMl { .. } => "<|im_end|>",
             ChatTemplate::Llama2 { .. } | ChatTemplate::Mistral => "</s>",
             ChatTemplate::Plain => "",
+            ChatTemplate::Jinja(t) => t.response_end(),
         }
     }
 
@@ -147,6 +258,7 @@ impl ChatTemplate {
     /// set as well.
     pub fn stop_strings(&self) -> Vec<String> {
         let v: &[&str] = match self {
+            ChatTemplate::Jinja(t) => return t.stop_strings(),
             ChatTemplate::ChatMl { .. } => &["<|im_end|>", "<|im_start|>"],
             ChatTemplate::Llama2 { .. } | ChatTemplate::Mistral => &["</s>", "[INST]"],
             ChatTemplate::Plain => &[],
@@ -157,14 +269,21 @@ impl ChatTemplate {
     /// Guess the template from a Hugging Face jinja `chat_template` (`tokenizer_config.json`).
     ///
     /// `<|im_start|>` ⇒ ChatML (with the default system text when the jinja hard-codes one, as
-    /// SmolLM2 and Qwen do); `[INST]` and `<<SYS>>` ⇒ Llama-2 with the stock prompt; `[INST]` ⇒
-    /// Mistral; anything else ⇒ `None`.
+    /// SmolLM2 and Qwen do); `<|start_header_id|>` ⇒ Llama-3, which has no built-in: the jinja
+    /// itself with Llama-3's `<|begin_of_text|>` / `<|eot_id|>` (`None` if it does not compile;
+    /// with the checkpoint at hand prefer [`Self::from_tokenizer_config`], which reads its real
+    /// tokens); `[INST]` and `<<SYS>>` ⇒ Llama-2 with the stock prompt; `[INST]` ⇒ Mistral;
+    /// anything else ⇒ `None`.
     pub fn detect(hf_chat_template: &str) -> Option<Self> {
         let t = hf_chat_template;
         if t.contains("<|im_start|>") {
             Some(ChatTemplate::ChatMl {
                 default_system: chatml_default_system(t),
             })
+        } else if t.contains("<|start_header_id|>") {
+            JinjaTemplate::new(t, LLAMA3_BOS, LLAMA3_EOT, "a Llama-3 chat_template")
+                .ok()
+                .map(|j| ChatTemplate::Jinja(Box::new(j)))
         } else if t.contains("[INST]") && t.contains("<<SYS>>") {
             Some(ChatTemplate::llama2())
         } else if t.contains("[INST]") {
@@ -180,6 +299,7 @@ impl ChatTemplate {
             ChatTemplate::ChatMl { default_system } => default_system.as_deref(),
             ChatTemplate::Llama2 { system } => Some(system),
             ChatTemplate::Mistral | ChatTemplate::Plain => None,
+            ChatTemplate::Jinja(t) => t.default_system(),
         }
     }
 }
@@ -214,12 +334,18 @@ fn chatml_default_system(jinja: &str) -> Option<String> {
     None
 }
 
-/// The serialised form: name plus optional system text.
+/// The serialised form: name plus optional system text (and, for `jinja`, the template itself).
 #[derive(Serialize, Deserialize)]
 struct TemplateSpec {
     name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     system: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bos_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    eos_token: Option<String>,
 }
 
 /// What deserialisation accepts: a bare name or the full spec.
@@ -232,6 +358,15 @@ enum TemplateRepr {
 
 impl From<ChatTemplate> for TemplateSpec {
     fn from(t: ChatTemplate) -> Self {
+        if let ChatTemplate::Jinja(j) = &t {
+            return TemplateSpec {
+                name: JINJA_NAME.into(),
+                system: j.default_system().map(str::to_string),
+                source: Some(j.source().to_string()),
+                bos_token: Some(j.bos_token().to_string()),
+                eos_token: Some(j.eos_token().to_string()),
+            };
+        }
         let default = ChatTemplate::from_name(t.name()).ok();
         let system = match t.system_text() {
             Some(s) if default.as_ref().and_then(|d| d.system_text()) != Some(s) => {
@@ -242,6 +377,9 @@ impl From<ChatTemplate> for TemplateSpec {
         TemplateSpec {
             name: t.name().to_string(),
             system,
+            source: None,
+            bos_token: None,
+            eos_token: None,
         }
     }
 }
@@ -250,9 +388,37 @@ impl TryFrom<TemplateRepr> for ChatTemplate {
     type Error = Error;
     fn try_from(r: TemplateRepr) -> Result<Self> {
         let spec = match r {
-            TemplateRepr::Name(name) => TemplateSpec { name, system: None },
+            TemplateRepr::Name(name) => TemplateSpec {
+                name,
+                system: None,
+                source: None,
+                bos_token: None,
+                eos_token: None,
+            },
             TemplateRepr::Spec(spec) => spec,
         };
+        if spec.name == JINJA_NAME {
+            let source = spec.source.ok_or_else(|| {
+                Error::Template(
+                    "template 'jinja' needs its 'source' (the chat_template text)".into(),
+                )
+            })?;
+            let t = JinjaTemplate::new(
+                &source,
+                spec.bos_token.as_deref().unwrap_or(""),
+                spec.eos_token.as_deref().unwrap_or(""),
+                "a serialised template",
+            )?;
+            return Ok(ChatTemplate::Jinja(Box::new(
+                t.with_default_system(spec.system),
+            )));
+        }
+        if spec.source.is_some() || spec.bos_token.is_some() || spec.eos_token.is_some() {
+            return Err(Error::Template(format!(
+                "template '{}' is a built-in: 'source', 'bos_token' and 'eos_token' are only for jinja",
+                spec.name
+            )));
+        }
         let base = ChatTemplate::from_name(&spec.name)?;
         match (base, spec.system) {
             (base, None) => Ok(base),
@@ -395,7 +561,16 @@ mod tests {
             ChatTemplate::detect(MISTRAL_JINJA),
             Some(ChatTemplate::Mistral)
         );
-        assert_eq!(ChatTemplate::detect(LLAMA3_JINJA), None);
+        match ChatTemplate::detect(LLAMA3_JINJA) {
+            Some(ChatTemplate::Jinja(j)) => {
+                assert_eq!(j.source(), LLAMA3_JINJA);
+                assert_eq!(j.bos_token(), "<|begin_of_text|>");
+                assert_eq!(j.response_end(), "<|eot_id|>");
+            }
+            other => panic!("Llama-3 detected as {other:?}"),
+        }
+        // a Llama-3-looking template minijinja cannot compile is not detected
+        assert_eq!(ChatTemplate::detect("<|start_header_id|>{% if %}"), None);
         assert_eq!(ChatTemplate::detect(""), None);
     }
 
@@ -424,6 +599,166 @@ mod tests {
             assert_eq!(serde_json::to_string(&t).unwrap(), json);
             assert_eq!(serde_json::from_str::<ChatTemplate>(json).unwrap(), t);
         }
+    }
+
+    fn smollm2_jinja() -> ChatTemplate {
+        ChatTemplate::Jinja(Box::new(
+            JinjaTemplate::new(SMOLLM2_JINJA, "<|im_start|>", "<|im_end|>", "test").unwrap(),
+        ))
+    }
+
+    #[test]
+    fn smollm2_jinja_renders_like_the_builtin() {
+        let (jinja, builtin) = (smollm2_jinja(), ChatTemplate::smollm2());
+        for (sys, user) in [
+            (None, "What is the capital of France?"),
+            (Some("Be brief."), "Is it good?"),
+            (None, ""),
+            (Some("Two\nlines"), "naïve café 🙂"),
+        ] {
+            assert_eq!(
+                jinja.try_render_prompt(sys, user).unwrap(),
+                builtin.render_prompt(sys, user),
+                "{sys:?} {user:?}"
+            );
+        }
+        assert_eq!(jinja.response_end(), "<|im_end|>");
+        assert_eq!(jinja.stop_strings(), vec!["<|im_end|>", "<|im_start|>"]);
+        assert_eq!(jinja.name(), "jinja");
+        // Some("") means no system message: SmolLM2's jinja then writes its own default.
+        assert!(jinja.render_prompt(Some(""), "Hi").contains("SmolLM"));
+    }
+
+    #[test]
+    fn jinja_default_system_and_no_system_slot() {
+        let j = JinjaTemplate::new(LLAMA3_JINJA, "<|begin_of_text|>", "<|eot_id|>", "t")
+            .unwrap()
+            .with_default_system(Some("Sys".into()));
+        let t = ChatTemplate::Jinja(Box::new(j));
+        assert_eq!(
+            t.try_render_prompt(None, " Hi ").unwrap(),
+            "<|start_header_id|>system<|end_header_id|>\n\nSys<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        );
+        assert_eq!(
+            t.try_render_prompt(Some(""), "Hi").unwrap(),
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        );
+        // Mistral v0.1 raises on a system message: the text goes into the user turn.
+        let m = JinjaTemplate::new(MISTRAL_JINJA, "<s>", "</s>", "t").unwrap();
+        assert!(!m.has_system_slot());
+        assert_eq!(m.response_end(), "</s>");
+        let m = ChatTemplate::Jinja(Box::new(m));
+        assert_eq!(
+            m.try_render_prompt(Some("Be brief."), "Is it good?")
+                .unwrap(),
+            ChatTemplate::Mistral.render_prompt(Some("Be brief."), "Is it good?")
+        );
+        // An assistant-first conversation is what that template rejects: a Template error.
+        let err = match &m {
+            ChatTemplate::Jinja(j) => j.render(&[("assistant", "x")], true).unwrap_err(),
+            _ => unreachable!(),
+        };
+        assert!(err.to_string().contains("alternate"), "{err}");
+    }
+
+    #[test]
+    fn resolve_prefers_explicit_then_manifest_then_jinja() {
+        let cfg = serde_json::json!({
+            "chat_template": SMOLLM2_JINJA, "bos_token": "<|im_start|>",
+            "eos_token": {"content": "<|im_end|>"}
+        });
+        let chatml = ChatTemplate::from_name("chatml").unwrap();
+        // explicit name wins over manifest and checkpoint
+        assert_eq!(
+            ChatTemplate::resolve("mistral", Some(&chatml), Some(&cfg), "o").unwrap(),
+            ChatTemplate::Mistral
+        );
+        // explicit `jinja` reads the checkpoint even when the manifest names a built-in
+        assert_eq!(
+            ChatTemplate::resolve("jinja", Some(&chatml), Some(&cfg), "o").unwrap(),
+            smollm2_jinja()
+        );
+        let err = ChatTemplate::resolve("jinja", None, None, "/ck/tokenizer_config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/ck/tokenizer_config.json"), "{err}");
+        // auto: the manifest's template (an existing checkpoint renders as before)
+        assert_eq!(
+            ChatTemplate::resolve("auto", Some(&chatml), Some(&cfg), "o").unwrap(),
+            chatml
+        );
+        // auto without a manifest template: the checkpoint's jinja
+        assert_eq!(
+            ChatTemplate::resolve("auto", None, Some(&cfg), "o").unwrap(),
+            smollm2_jinja()
+        );
+        // jinja minijinja cannot compile: the detected built-in, else plain
+        let broken = serde_json::json!({"chat_template": "<|im_start|>{% if %}"});
+        assert_eq!(
+            ChatTemplate::resolve("", None, Some(&broken), "o").unwrap(),
+            ChatTemplate::ChatMl {
+                default_system: None
+            }
+        );
+        assert_eq!(
+            ChatTemplate::resolve("auto", None, Some(&serde_json::json!({})), "o").unwrap(),
+            ChatTemplate::Plain
+        );
+        assert_eq!(
+            ChatTemplate::resolve("auto", None, None, "o").unwrap(),
+            ChatTemplate::Plain
+        );
+        assert!(ChatTemplate::resolve("nope", None, Some(&cfg), "o").is_err());
+    }
+
+    #[test]
+    fn jinja_serde_round_trips_whole() {
+        let t = ChatTemplate::Jinja(Box::new(
+            JinjaTemplate::new(LLAMA3_JINJA, "<|begin_of_text|>", "<|eot_id|>", "t")
+                .unwrap()
+                .with_default_system(Some("S".into())),
+        ));
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["name"], "jinja");
+        assert_eq!(json["source"], LLAMA3_JINJA);
+        assert_eq!(json["bos_token"], "<|begin_of_text|>");
+        assert_eq!(json["eos_token"], "<|eot_id|>");
+        assert_eq!(json["system"], "S");
+        let back: ChatTemplate = serde_json::from_value(json).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(
+            back.try_render_prompt(None, "q").unwrap(),
+            t.try_render_prompt(None, "q").unwrap()
+        );
+        // bare "jinja" has no source; built-ins take no source
+        let err = serde_json::from_str::<ChatTemplate>(r#""jinja""#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source"), "{err}");
+        let err = serde_json::from_str::<ChatTemplate>(r#"{"name":"chatml","source":"x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only for jinja"), "{err}");
+        let err = serde_json::from_str::<ChatTemplate>(r#"{"name":"jinja","source":"{% if %}"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("syntax error"), "{err}");
+        assert!(ChatTemplate::from_name("jinja")
+            .unwrap_err()
+            .to_string()
+            .contains("tokenizer_config.json"));
+    }
+
+    #[test]
+    fn manifest_field_reads_old_names_and_new_specs() {
+        #[derive(Deserialize)]
+        struct M {
+            t: Option<ChatTemplate>,
+        }
+        let old: M = serde_json::from_str(r#"{"t": "chatml"}"#).unwrap();
+        assert_eq!(old.t, Some(ChatTemplate::from_name("chatml").unwrap()));
+        let none: M = serde_json::from_str(r#"{"t": null}"#).unwrap();
+        assert_eq!(none.t, None);
     }
 
     #[test]

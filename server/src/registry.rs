@@ -336,19 +336,12 @@ impl Registry {
             .or_else(|| manifest.as_ref().map(|m| m.answer_prefix.clone()))
             .unwrap_or_else(|| "Answer:".into());
         let format = ResponseFormat::new(prefix)?;
-        let template = match manifest.as_ref().and_then(|m| m.chat_template.clone()) {
-            Some(t) => ChatTemplate::from_name(&t)?,
-            None => ckpt
-                .tokenizer_config()
-                .ok()
-                .flatten()
-                .and_then(|c| {
-                    c.get("chat_template")
-                        .and_then(|t| t.as_str())
-                        .and_then(ChatTemplate::detect)
-                })
-                .unwrap_or(ChatTemplate::Plain),
-        };
+        let template = ChatTemplate::resolve(
+            "auto",
+            manifest.as_ref().and_then(|m| m.chat_template.as_ref()),
+            ckpt.tokenizer_config().ok().flatten().as_ref(),
+            &ckpt.dir.join("tokenizer_config.json").display().to_string(),
+        )?;
         let mut eos_ids = ckpt.config.eos_ids();
         for s in template.stop_strings() {
             if let Some(id) = tokenizer.token_to_id(&s) {

@@ -12,6 +12,7 @@ use candle_core::{DType, Device};
 use rllr_core::checkpoint;
 use rllr_core::manifest::{Manifest, ModelKind};
 use rllr_core::task::{LabelSpec, TaskSpec};
+use rllr_core::template::ChatTemplate;
 use rllr_core::{Config, Llama};
 
 pub const LABELS: [&str; 3] = ["entailment", "neutral", "contradiction"];
@@ -99,7 +100,7 @@ pub fn write_model(root: &Path, name: &str, kind: ModelKind, seed: u64, template
     m.task = Some("nli".into());
     m.labels = LABELS.iter().map(|s| s.to_string()).collect();
     m.task_spec = Some(nli_task());
-    m.chat_template = Some(template.into());
+    m.chat_template = Some(ChatTemplate::from_name(template).unwrap());
     if head {
         m.head = Some("score".into());
     }

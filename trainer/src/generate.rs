@@ -23,7 +23,8 @@ pub struct GenerateArgs {
     /// System text for the chat template (default: the template's own default).
     #[arg(long, env = "RLLR_TRAIN_SYSTEM")]
     pub system: Option<String>,
-    /// Chat template: auto (from rllr.json or tokenizer_config.json), chatml, llama2, mistral, plain.
+    /// Chat template: auto (rllr.json's, else the checkpoint's jinja chat_template), chatml, llama2,
+    /// mistral, plain, or jinja (the checkpoint's tokenizer_config.json template, rendered).
     #[arg(long, env = "RLLR_TRAIN_TEMPLATE", default_value = "auto")]
     pub template: String,
     /// PEFT LoRA adapter directory to apply on top of the model (e.g. an SFT adapter).
@@ -52,25 +53,20 @@ pub struct GenerateArgs {
     pub dtype: String,
 }
 
-/// Pick the chat template: explicit name, else the manifest's, else detected from the tokenizer
-/// config's jinja template, else plain.
+/// Pick the chat template: explicit name (`jinja` = the checkpoint's own), else the manifest's,
+/// else the tokenizer config's jinja template, else plain ([`ChatTemplate::resolve`]).
 pub(crate) fn resolve_template(name: &str, ckpt: &Checkpoint) -> anyhow::Result<ChatTemplate> {
-    if name != "auto" {
-        return Ok(ChatTemplate::from_name(name)?);
-    }
-    if let Some(t) = ckpt
+    let manifest = ckpt
         .manifest
         .as_ref()
-        .and_then(|m| m.chat_template.as_deref())
-    {
-        return Ok(ChatTemplate::from_name(t)?);
-    }
-    let detected = ckpt.tokenizer_config()?.and_then(|c| {
-        c.get("chat_template")
-            .and_then(|t| t.as_str())
-            .and_then(ChatTemplate::detect)
-    });
-    Ok(detected.unwrap_or(ChatTemplate::Plain))
+        .and_then(|m| m.chat_template.as_ref());
+    let origin = ckpt.dir.join("tokenizer_config.json");
+    Ok(ChatTemplate::resolve(
+        name,
+        manifest,
+        ckpt.tokenizer_config()?.as_ref(),
+        &origin.display().to_string(),
+    )?)
 }
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
@@ -110,7 +106,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let text = template.render_prompt(args.system.as_deref(), p);
+            let text = template.try_render_prompt(args.system.as_deref(), p)?;
             let ids = tokenizer
                 .encode(text.as_str(), false)
                 .map_err(|e| anyhow::anyhow!("tokenizing prompt {i}: {e}"))?;

@@ -302,7 +302,7 @@ pub fn run(args: &RewardArgs) -> anyhow::Result<()> {
     manifest.labels = task.labels.iter().map(|l| l.name.clone()).collect();
     manifest.answer_prefix = task.answer_prefix.clone();
     manifest.task_spec = Some(task.clone());
-    manifest.chat_template = Some(loaded.template.name().to_string());
+    manifest.chat_template = Some(loaded.template.clone());
     manifest.base_checkpoint = Some(model_dir.display().to_string());
     manifest.adapter = Some(SCORE_HEAD.into());
     manifest.head = Some(SCORE_HEAD.into());

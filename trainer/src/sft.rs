@@ -294,7 +294,7 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
     manifest.answer_prefix = task.answer_prefix.clone();
     manifest.task_spec = Some(task.clone());
     manifest.rationales = c.rationales;
-    manifest.chat_template = Some(loaded.template.name().to_string());
+    manifest.chat_template = Some(loaded.template.clone());
     manifest.base_checkpoint = Some(model_dir.display().to_string());
     manifest.provenance.config = serde_json::to_value(&file)?;
     manifest.provenance.metrics = serde_json::to_value(&report)?;

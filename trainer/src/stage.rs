@@ -101,7 +101,7 @@ pub fn prompt_text(
         q.push_str("\n\n");
         q.push_str(h);
     }
-    Ok(template.render_prompt(None, &q))
+    Ok(template.try_render_prompt(None, &q)?)
 }
 
 /// Response ids: `text` + the template's reply end, then EOS unless the end already is EOS.

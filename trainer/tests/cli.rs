@@ -38,7 +38,7 @@ fn tiny_checkpoint(dir: &Path) {
     let model = Llama::random(&cfg, 7, DType::F32, &Device::Cpu).unwrap();
     let mut manifest =
         rllr_core::manifest::Manifest::new(rllr_core::manifest::ModelKind::Base, "test");
-    manifest.chat_template = Some("plain".into());
+    manifest.chat_template = Some(rllr_core::template::ChatTemplate::Plain);
     rllr_core::checkpoint::save_model(&model, dir, None, None, Some(&manifest)).unwrap();
     let tokenizer = json!({
         "version": "1.0", "truncation": null, "padding": null,

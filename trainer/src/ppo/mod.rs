@@ -522,7 +522,7 @@ pub fn run(args: &PpoArgs) -> anyhow::Result<()> {
     manifest.answer_prefix = task.answer_prefix.clone();
     manifest.task_spec = Some(task.clone());
     manifest.rationales = true;
-    manifest.chat_template = Some(loaded.template.name().to_string());
+    manifest.chat_template = Some(loaded.template.clone());
     manifest.base_checkpoint = Some(model_dir.display().to_string());
     manifest.adapter = Some(POLICY.into());
     manifest.provenance.config = serde_json::to_value(&file)?;

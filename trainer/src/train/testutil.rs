@@ -130,7 +130,7 @@ pub fn toy_policy_dir(dir: &std::path::Path) {
     let model = Llama::random(&tiny_config(), 3, DType::F32, &Device::Cpu).unwrap();
     let mut manifest =
         rllr_core::manifest::Manifest::new(rllr_core::manifest::ModelKind::Sft, "test");
-    manifest.chat_template = Some("plain".into());
+    manifest.chat_template = Some(rllr_core::template::ChatTemplate::Plain);
     rllr_core::checkpoint::save_model(&model, dir, None, None, Some(&manifest)).unwrap();
     let vocab: serde_json::Map<String, serde_json::Value> = toy_vocab()
         .into_iter()
