@@ -1,6 +1,8 @@
 //! `rllr-serve-bench`: scoring throughput and p50/p99 latency of rllr-server at 1, 8 and 64
 //! concurrent clients, with the batcher on (`max_batch_size` 64) and off (1), against calling the
-//! engine in-process with the same batch sizes.
+//! engine in-process with the same batch sizes; with the batcher on, the same requests also go
+//! through the HTTP/JSON front (`POST /v1/score`, one keep-alive HTTP/1.1 connection per client)
+//! in the same run, so `http_over_grpc` is the cost of HTTP + JSON over gRPC + protobuf.
 //!
 //! The reward model is SmolLM2-135M-Instruct with a fresh random score head (speed does not depend
 //! on the head's values), written as a real reward checkpoint under a temporary model root. Each
@@ -111,6 +113,101 @@ async fn run_clients(
     )
 }
 
+/// One keep-alive HTTP/1.1 connection: POST a JSON body, read one answer (axum sends
+/// `content-length`). Enough for the bench, without an HTTP client crate.
+struct HttpConn {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl HttpConn {
+    async fn connect(addr: std::net::SocketAddr) -> Result<Self> {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(HttpConn {
+            stream: tokio::io::BufReader::new(s),
+        })
+    }
+
+    async fn post(&mut self, path: &str, body: &[u8]) -> Result<Vec<u8>> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let w = self.stream.get_mut();
+        w.write_all(head.as_bytes()).await?;
+        w.write_all(body).await?;
+        let mut status = String::new();
+        self.stream.read_line(&mut status).await?;
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).await?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse()?;
+                }
+            }
+        }
+        let mut out = vec![0u8; len];
+        self.stream.read_exact(&mut out).await?;
+        anyhow::ensure!(
+            status.contains(" 200 "),
+            "HTTP {}: {}",
+            status.trim(),
+            String::from_utf8_lossy(&out)
+        );
+        Ok(out)
+    }
+}
+
+/// As [`run_clients`], over the HTTP front.
+async fn run_http_clients(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    requests: usize,
+    words: usize,
+) -> Result<serde_json::Value> {
+    let per = requests.div_ceil(clients);
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(HttpConn::connect(addr).await?);
+    }
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, mut conn) in conns.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for r in 0..per {
+                let req = v1::ScoreRequest {
+                    items: vec![item(c * per + r, words)],
+                    label_model: "rm".into(),
+                    ..Default::default()
+                };
+                let s = Instant::now();
+                let body = serde_json::to_vec(&req)?;
+                let out = conn.post("/v1/score", &body).await?;
+                let _: v1::ScoreResponse = serde_json::from_slice(&out)?;
+                lat.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    Ok(
+        json!({"clients": clients, "items": lat.len(), "items_per_s": lat.len() as f64 / wall, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99)}),
+    )
+}
+
 /// The engine called directly: tokenized items scored in batches of `batch`.
 fn in_process(
     dir: &std::path::Path,
@@ -181,12 +278,16 @@ async fn main() -> Result<()> {
         )?);
         checkpoint::save_model(&model, &rm_dir, Some("score"), Some(&args.model), Some(&m))?;
     }
-    let mut results = json!({"model": args.model.display().to_string(), "device": args.device, "grpc": {}, "in_process": []});
+    let mut results = json!({"model": args.model.display().to_string(), "device": args.device, "grpc": {}, "http": {}, "http_over_grpc": [], "in_process": []});
     for (label, max_batch) in [("batching_on", 64usize), ("batching_off", 1)] {
         let cfg = rllr_server::ServerConfig {
             listen: "127.0.0.1:0".into(),
             metrics_listen: String::new(),
-            http_listen: String::new(),
+            http_listen: if max_batch > 1 {
+                "127.0.0.1:0".into()
+            } else {
+                String::new()
+            },
             model_root: root.path().to_path_buf(),
             models: vec!["rm=rm".parse().map_err(|e: String| anyhow::anyhow!(e))?],
             device: args.device.clone(),
@@ -203,6 +304,25 @@ async fn main() -> Result<()> {
             let r = run_clients(&url, c, args.requests.max(c), args.words).await?;
             eprintln!("{label} {r}");
             rows.push(r);
+        }
+        if let Some(http) = server.http_addr {
+            run_http_clients(http, 1, 2, args.words).await?; // warm-up
+            let mut hrows = Vec::new();
+            for (&c, g) in args.clients.iter().zip(&rows) {
+                let h = run_http_clients(http, c, args.requests.max(c), args.words).await?;
+                let ratio = json!({
+                    "clients": c,
+                    "throughput": g["items_per_s"].as_f64().unwrap_or(f64::NAN) / h["items_per_s"].as_f64().unwrap_or(f64::NAN),
+                    "p50": h["p50_ms"].as_f64().unwrap_or(f64::NAN) / g["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                });
+                eprintln!("{label} http {h} http/grpc {ratio}");
+                results["http_over_grpc"]
+                    .as_array_mut()
+                    .expect("an array")
+                    .push(ratio);
+                hrows.push(h);
+            }
+            results["http"][label] = json!(hrows);
         }
         results["grpc"][label] = json!(rows);
         server.shutdown(Duration::from_secs(30)).await?;

@@ -155,6 +155,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let (http_addr, http) = match cfg.http_listen.as_str() {
         "" => (None, None),
         a => {
+            if cfg.tls_cert.is_some() {
+                tracing::warn!(http = a, "TLS is configured for gRPC only: the HTTP front is plaintext (terminate TLS in front of it, or set http_listen = \"\")");
+            }
             let (htx, hrx) = oneshot::channel::<()>();
             let front = crate::http::Http {
                 state,
