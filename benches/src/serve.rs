@@ -70,6 +70,24 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Throughput and latency percentiles of `clients` tasks started at `t0`, each returning its
+/// per-request latencies in ms.
+async fn summarise(
+    clients: usize,
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<f64>>>>,
+    t0: Instant,
+) -> Result<serde_json::Value> {
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    Ok(
+        json!({"clients": clients, "items": lat.len(), "items_per_s": lat.len() as f64 / wall, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99)}),
+    )
+}
+
 async fn run_clients(
     url: &str,
     clients: usize,
@@ -102,15 +120,7 @@ async fn run_clients(
             anyhow::Ok(lat)
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    let wall = t0.elapsed().as_secs_f64();
-    lat.sort_by(f64::total_cmp);
-    Ok(
-        json!({"clients": clients, "items": lat.len(), "items_per_s": lat.len() as f64 / wall, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99)}),
-    )
+    summarise(clients, tasks, t0).await
 }
 
 /// One keep-alive HTTP/1.1 connection: POST a JSON body, read one answer (axum sends
@@ -197,15 +207,7 @@ async fn run_http_clients(
             anyhow::Ok(lat)
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    let wall = t0.elapsed().as_secs_f64();
-    lat.sort_by(f64::total_cmp);
-    Ok(
-        json!({"clients": clients, "items": lat.len(), "items_per_s": lat.len() as f64 / wall, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99)}),
-    )
+    summarise(clients, tasks, t0).await
 }
 
 /// The engine called directly: tokenized items scored in batches of `batch`.

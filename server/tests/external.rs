@@ -8,37 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs python3 with grpcio and grpcio-tools (run by .ci/run)"]
-async fn python_grpcio_client() {
-    let root = common::model_root();
-    let server = common::start(common::config(root.path())).await;
-    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python_client.py");
-    let addr = server.addr.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args([script, &addr, proto])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "python client failed:\n{text}");
-    server.shutdown(Duration::from_secs(5)).await.unwrap();
-}
-
-/// Run `server/tests/openai_client.py` against `addr` (the SDK checks plain vs streamed chat).
-async fn openai_sdk(addr: std::net::SocketAddr, model: &str, text_pair: Option<&str>) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let mut args = vec![script.to_string(), addr.to_string(), model.to_string()];
-    args.extend(text_pair.map(str::to_string));
+/// Run `python3 ARGS` off the runtime, fail the test (showing its output) unless it exits 0;
+/// returns its stdout.
+async fn python(args: Vec<String>) -> String {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3").args(&args).output()
     })
@@ -51,8 +23,27 @@ async fn openai_sdk(addr: std::net::SocketAddr, model: &str, text_pair: Option<&
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{text}");
-    assert!(out.status.success(), "openai SDK client failed:\n{text}");
+    assert!(out.status.success(), "python client failed:\n{text}");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with grpcio and grpcio-tools (run by .ci/run)"]
+async fn python_grpcio_client() {
+    let root = common::model_root();
+    let server = common::start(common::config(root.path())).await;
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python_client.py");
+    python(vec![script.into(), server.addr.to_string(), proto.into()]).await;
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// Run `server/tests/openai_client.py` against `addr` (the SDK checks plain vs streamed chat).
+async fn openai_sdk(addr: std::net::SocketAddr, model: &str, text_pair: Option<&str>) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let mut args = vec![script.to_string(), addr.to_string(), model.to_string()];
+    args.extend(text_pair.map(str::to_string));
+    python(args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,9 +140,10 @@ async fn run(
     let mut items = Vec::new();
     let mut which = Vec::new();
     let mut labels = vec![None; n];
+    let splitter = Splitter::new(&models.label);
     for (i, q) in req.query.iter().enumerate() {
         let prompt = req.prompts.as_ref().map(|p| p[i].as_str());
-        let (prompt, response) = split(&models.label, q, prompt, &format!("query[{i}]"))?;
+        let (prompt, response) = splitter.split(q, prompt, &format!("query[{i}]"))?;
         let parsed = models
             .label
             .format
@@ -185,83 +186,94 @@ async fn run(
     })
 }
 
-/// Where the generation prompt of `model`'s template ends: the text its prompt rendering puts
-/// after the user turn (ChatML: `<|im_end|>\n<|im_start|>assistant\n`).
-fn generation_marker(model: &ModelEntry) -> String {
-    const SENTINEL: &str = "\u{1}rllr-user-turn\u{1}";
-    let p = model.template.render_prompt(None, SENTINEL);
-    p.split_once(SENTINEL)
-        .map(|(_, after)| after.to_string())
-        .unwrap_or_default()
+/// How one model's queries split into (prompt, response): its padding and end-of-turn texts and
+/// its template's generation marker, worked out once per request.
+struct Splitter<'m> {
+    model: &'m ModelEntry,
+    pad: Option<String>,
+    ends: Vec<String>,
+    /// The text the template puts after the user turn (ChatML: `<|im_end|>\n<|im_start|>assistant\n`).
+    marker: String,
 }
 
-/// Split one OpenRLHF query into (prompt, response), padding and end-of-turn tokens removed.
-fn split<'a>(
-    model: &ModelEntry,
-    query: &'a str,
-    prompt: Option<&str>,
-    field: &str,
-) -> Result<(&'a str, &'a str)> {
-    let pad = model
-        .tokenizer
-        .id_to_token(model.pad_id)
-        .filter(|t| !t.is_empty());
-    let eos = model
-        .eos_id
-        .and_then(|id| model.tokenizer.id_to_token(id))
-        .filter(|t| !t.is_empty());
-    let mut q = query;
-    if let Some(pad) = &pad {
-        while let Some(rest) = q.strip_prefix(pad.as_str()) {
-            q = rest;
+impl<'m> Splitter<'m> {
+    fn new(model: &'m ModelEntry) -> Self {
+        const SENTINEL: &str = "\u{1}rllr-user-turn\u{1}";
+        let text = |id: u32| model.tokenizer.id_to_token(id).filter(|t| !t.is_empty());
+        let pad = text(model.pad_id);
+        let ends = [Some(model.template.response_end().to_string())]
+            .into_iter()
+            .chain([model.eos_id.and_then(text), pad.clone()])
+            .flatten()
+            .filter(|e| !e.is_empty())
+            .collect();
+        let marker = model
+            .template
+            .render_prompt(None, SENTINEL)
+            .split_once(SENTINEL)
+            .map(|(_, after)| after.to_string())
+            .unwrap_or_default();
+        Splitter {
+            model,
+            pad,
+            ends,
+            marker,
         }
     }
-    let ends: Vec<&str> = [model.template.response_end()]
-        .into_iter()
-        .chain(eos.as_deref())
-        .chain(pad.as_deref())
-        .filter(|e| !e.is_empty())
-        .collect();
-    loop {
-        let trimmed = q.trim_end();
-        match ends.iter().find_map(|e| trimmed.strip_suffix(e)) {
-            Some(rest) => q = rest,
-            None => break,
-        }
-    }
-    if let Some(p) = prompt {
-        let mut p = p;
-        if let Some(pad) = &pad {
-            while let Some(rest) = p.strip_prefix(pad.as_str()) {
-                p = rest;
+
+    /// `s` without leading padding.
+    fn unpadded<'s>(&self, mut s: &'s str) -> &'s str {
+        if let Some(pad) = &self.pad {
+            while let Some(rest) = s.strip_prefix(pad.as_str()) {
+                s = rest;
             }
         }
-        if let Some(resp) = q.strip_prefix(p) {
-            return Ok((&q[..p.len()], resp));
-        }
+        s
     }
-    let marker = generation_marker(model);
-    if marker.trim().is_empty() {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "the chat template '{}' of model '{}' has no assistant marker to split on; send `prompts` (the prompt part of each query)",
-                model.template.name(),
-                model.name
-            ),
-        ));
-    }
-    match q.rfind(&marker) {
-        Some(at) => {
-            let cut = at + marker.len();
-            Ok((&q[..cut], &q[cut..]))
+
+    /// Split one OpenRLHF query into (prompt, response), padding and end-of-turn tokens removed.
+    fn split<'a>(
+        &self,
+        query: &'a str,
+        prompt: Option<&str>,
+        field: &str,
+    ) -> Result<(&'a str, &'a str)> {
+        let mut q = self.unpadded(query);
+        while let Some(rest) = self
+            .ends
+            .iter()
+            .find_map(|e| q.trim_end().strip_suffix(e.as_str()))
+        {
+            q = rest;
         }
-        None => Err(Error::invalid(
-            field,
-            format!(
-                "no assistant turn ({marker:?}) of chat template '{}' found, and no matching `prompts` entry",
-                model.template.name()
-            ),
-        )),
+        if let Some(p) = prompt.map(|p| self.unpadded(p)) {
+            if let Some(resp) = q.strip_prefix(p) {
+                return Ok((&q[..p.len()], resp));
+            }
+        }
+        let (model, marker) = (self.model, &self.marker);
+        if marker.trim().is_empty() {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "the chat template '{}' of model '{}' has no assistant marker to split on; send `prompts` (the prompt part of each query)",
+                    model.template.name(),
+                    model.name
+                ),
+            ));
+        }
+        match q.rfind(marker.as_str()) {
+            Some(at) => {
+                let cut = at + marker.len();
+                Ok((&q[..cut], &q[cut..]))
+            }
+            None => Err(Error::invalid(
+                field,
+                format!(
+                    "no assistant turn ({marker:?}) of chat template '{}' found, and no matching `prompts` entry",
+                    model.template.name()
+                ),
+            )),
+        }
     }
 }
