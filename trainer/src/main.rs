@@ -156,6 +156,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `--stop-after`: end as a killed process would, so scripts and tests see a crash.
+        Err(e) if train::run_dir::is_stopped(&e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(137)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::ValueEnum;
 use rllr_core::checkpoint::{save_adapter, SCORE_HEAD};
 use rllr_core::dataset::Pair;
-use rllr_core::manifest::{Manifest, ModelKind};
+use rllr_core::manifest::ModelKind;
 use rllr_core::task::TaskSpec;
 use rllr_core::{Batch, ForwardCtx, Llama, PaddingSide};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ use crate::eval::{encode_pairs, pair_metrics, score_pairs, PairItem};
 use crate::stage;
 use crate::train::config::{overridable, required, stage_args, LoraSection, TrainConfig};
 use crate::train::losses::{bradley_terry, divergent_span, divergent_span_loss};
+use crate::train::run_dir::stage_manifest;
 use crate::train::train_loop::{self, mix_seed, LoopOptions, MicroLoss, Objective};
 
 /// Which RM loss (D11).
@@ -289,25 +290,19 @@ pub fn run(args: &RewardArgs) -> anyhow::Result<()> {
             fingerprint,
             label: "reward",
         },
+    )?
+    .finished("reward")?;
+    let mut manifest = stage_manifest(
+        ModelKind::Reward,
+        "reward",
+        &task,
+        &loaded.template,
+        &model_dir,
+        &file,
+        &report,
     )?;
-    if report.stopped_early {
-        eprintln!(
-            "reward: stopping after step {} as asked (--stop-after)",
-            report.steps
-        );
-        std::process::exit(137);
-    }
-    let mut manifest = Manifest::new(ModelKind::Reward, "reward");
-    manifest.task = Some(task.name.clone());
-    manifest.labels = task.labels.iter().map(|l| l.name.clone()).collect();
-    manifest.answer_prefix = task.answer_prefix.clone();
-    manifest.task_spec = Some(task.clone());
-    manifest.chat_template = Some(loaded.template.clone());
-    manifest.base_checkpoint = Some(model_dir.display().to_string());
     manifest.adapter = Some(SCORE_HEAD.into());
     manifest.head = Some(SCORE_HEAD.into());
-    manifest.provenance.config = serde_json::to_value(&file)?;
-    manifest.provenance.metrics = serde_json::to_value(&report)?;
     let base = model_dir.display().to_string();
     save_adapter(
         &loaded.model,

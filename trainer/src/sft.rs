@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use rllr_core::checkpoint::{save_adapter, save_model};
 use rllr_core::dataset::{read_examples, Example};
-use rllr_core::manifest::{Manifest, ModelKind};
+use rllr_core::manifest::ModelKind;
 use rllr_core::task::TaskSpec;
 use rllr_core::{Batch, ForwardCtx, Llama, PaddingSide};
 use serde_json::{json, Map, Value};
@@ -17,6 +17,7 @@ use crate::eval::{evaluate_policy, PolicyEvalSpec};
 use crate::stage::{self, Loaded};
 use crate::train::config::{overridable, required, stage_args, LoraSection, TrainConfig};
 use crate::train::losses::{shifted_targets, token_ce};
+use crate::train::run_dir::stage_manifest;
 use crate::train::train_loop::{self, LoopOptions, MicroLoss, Objective};
 
 /// Name of the adapter SFT trains.
@@ -280,24 +281,18 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
             fingerprint,
             label: "sft",
         },
+    )?
+    .finished("sft")?;
+    let mut manifest = stage_manifest(
+        ModelKind::Sft,
+        "sft",
+        &task,
+        &loaded.template,
+        &model_dir,
+        &file,
+        &report,
     )?;
-    if report.stopped_early {
-        eprintln!(
-            "sft: stopping after step {} as asked (--stop-after)",
-            report.steps
-        );
-        std::process::exit(137);
-    }
-    let mut manifest = Manifest::new(ModelKind::Sft, "sft");
-    manifest.task = Some(task.name.clone());
-    manifest.labels = task.labels.iter().map(|l| l.name.clone()).collect();
-    manifest.answer_prefix = task.answer_prefix.clone();
-    manifest.task_spec = Some(task.clone());
     manifest.rationales = c.rationales;
-    manifest.chat_template = Some(loaded.template.clone());
-    manifest.base_checkpoint = Some(model_dir.display().to_string());
-    manifest.provenance.config = serde_json::to_value(&file)?;
-    manifest.provenance.metrics = serde_json::to_value(&report)?;
     let mut adapter_manifest = manifest.clone();
     adapter_manifest.adapter = Some(ADAPTER.into());
     let base = model_dir.display().to_string();

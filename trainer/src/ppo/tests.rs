@@ -8,10 +8,13 @@ use serde_json::{json, Map, Value};
 
 use super::config::RewardMode;
 use super::math::{KlController, LossParams, RunningMoments};
+use super::ppo_loop::{run_loop, Hooks, PpoReport, RunSpec};
 use super::rollout::{Rollout, RolloutSpec};
+use super::scorer::RewardFn;
 use super::step::{PpoState, StepSpec};
 use super::*;
-use crate::train::optim::ScheduleKind;
+use crate::train::config::TrainConfig;
+use crate::train::optim::{AdamW, AdamWParams, ScheduleKind};
 use crate::train::testutil::{max_var_diff, tiny_config, tiny_lora, tiny_train, tok};
 
 /// Reward: the share of response tokens in 10..18 (1/8 of the vocabulary at random).
@@ -116,7 +119,7 @@ fn run_toy(
         lambda: None,
         label: "toy",
     };
-    let run = RunDir {
+    let run = RunSpec {
         out: dir,
         resume,
         stop_after,

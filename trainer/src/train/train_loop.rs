@@ -10,10 +10,10 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -23,6 +23,7 @@ use serde_json::{json, Map, Value};
 
 use super::config::TrainConfig;
 use super::optim::{clip_grad_norm, learning_rate, AdamW, AdamWParams};
+use super::run_dir::{RunDir, Start, Stopped};
 
 /// One micro-batch's loss and what to log about it.
 pub struct MicroLoss {
@@ -75,6 +76,19 @@ pub struct LoopReport {
     pub tokens: usize,
     pub wall_s: f64,
     pub evals: Vec<Value>,
+}
+
+impl LoopReport {
+    /// The report of a loop that ran to the end; [`Stopped`] when `--stop-after` stopped it.
+    pub fn finished(self, stage: &str) -> Result<Self, Stopped> {
+        if self.stopped_early {
+            return Err(Stopped {
+                stage: stage.to_string(),
+                step: self.steps,
+            });
+        }
+        Ok(self)
+    }
 }
 
 /// Optimizer steps for `n` items: `max_steps`, else ⌈epochs · n / (batch · accum)⌉.
@@ -172,34 +186,13 @@ pub fn run<O: Objective>(
             weight_decay: cfg.weight_decay,
         },
     )?;
-    let ckpt_dir = opts.run_dir.join("checkpoints");
-    let log_path = opts.run_dir.join("metrics.jsonl");
-    std::fs::create_dir_all(opts.run_dir)
-        .with_context(|| format!("creating {}", opts.run_dir.display()))?;
-    let fingerprint =
-        json!({"train": cfg_fingerprint(cfg), "stage": opts.fingerprint, "items": data.len()});
-    let mut start = 0;
-    let mut resumed_from = None;
-    match (latest_checkpoint(&ckpt_dir)?, opts.resume) {
-        (Some((step, dir)), true) => {
-            load_checkpoint(&dir, &mut opt, &fingerprint)?;
-            truncate_log(&log_path, step)?;
-            start = step;
-            resumed_from = Some(step);
-            tracing::info!("resuming from {} (step {step}/{total})", dir.display());
-        }
-        (None, true) => tracing::warn!("--resume: no checkpoint in {}, starting fresh", ckpt_dir.display()),
-        (Some((step, _)), false) => bail!(
-            "{} already holds checkpoints (step {step}); pass --resume to continue or use a new output directory",
-            ckpt_dir.display()
-        ),
-        (None, false) => truncate_log(&log_path, 0)?,
-    }
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    let run_dir = RunDir::create(opts.run_dir, cfg, &opts.fingerprint, Some(data.len()))?;
+    let Start {
+        step: start,
+        resumed_from,
+        mut log,
+        ..
+    } = run_dir.open(&mut opt, opts.resume, opts.label, total)?;
     let mut order = DataOrder::new(data.len(), cfg.seed);
     let bar = progress_bar(opts.label, total, start);
     let t0 = Instant::now();
@@ -294,14 +287,7 @@ pub fn run<O: Objective>(
             }
         }
         if done || (cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) {
-            save_checkpoint(
-                &ckpt_dir,
-                step + 1,
-                &opt,
-                &fingerprint,
-                cfg.keep_checkpoints,
-                &Value::Null,
-            )?;
+            run_dir.save(step + 1, &opt, cfg.keep_checkpoints, &Value::Null)?;
         }
         if opts.stop_after == Some(step + 1) && !done {
             report.stopped_early = true;
@@ -333,17 +319,6 @@ fn merge_stats(into: &mut Vec<(&'static str, f64, f64)>, add: &[(&'static str, f
     }
 }
 
-/// The settings that change the trajectory (device and checkpoint cadence do not).
-fn cfg_fingerprint(cfg: &TrainConfig) -> Value {
-    let mut v = serde_json::to_value(cfg).expect("config serialises");
-    if let Some(m) = v.as_object_mut() {
-        for k in ["save_every", "keep_checkpoints", "eval_every", "device"] {
-            m.remove(k);
-        }
-    }
-    v
-}
-
 pub(crate) fn progress_bar(label: &str, total: usize, start: usize) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     let style = ProgressStyle::with_template(
@@ -356,125 +331,6 @@ pub(crate) fn progress_bar(label: &str, total: usize, start: usize) -> ProgressB
     bar.set_position(start as u64);
     bar.reset_eta();
     bar
-}
-
-fn step_dir(ckpt_dir: &Path, step: usize) -> PathBuf {
-    ckpt_dir.join(format!("step-{step:08}"))
-}
-
-/// The newest complete checkpoint (one with `state.json`), if any.
-pub fn latest_checkpoint(ckpt_dir: &Path) -> anyhow::Result<Option<(usize, PathBuf)>> {
-    if !ckpt_dir.is_dir() {
-        return Ok(None);
-    }
-    let mut best = None;
-    for entry in std::fs::read_dir(ckpt_dir)? {
-        let path = entry?.path();
-        let step = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("step-"))
-            .and_then(|n| n.parse::<usize>().ok());
-        if let Some(step) = step.filter(|_| path.join("state.json").is_file()) {
-            if best.as_ref().is_none_or(|(b, _)| step > *b) {
-                best = Some((step, path));
-            }
-        }
-    }
-    Ok(best)
-}
-
-pub(crate) fn save_checkpoint(
-    ckpt_dir: &Path,
-    step: usize,
-    opt: &AdamW,
-    fingerprint: &Value,
-    keep: usize,
-    extra: &Value,
-) -> anyhow::Result<()> {
-    let weights: Vec<(String, Tensor)> = opt
-        .vars()
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
-        .collect();
-    let state =
-        json!({"step": step, "optimizer_t": opt.t, "fingerprint": fingerprint, "extra": extra});
-    rllr_core::fsutil::write_dir_atomic(&step_dir(ckpt_dir, step), |dir| {
-        rllr_core::checkpoint::save_safetensors(&dir.join("trainable.safetensors"), &weights)?;
-        rllr_core::checkpoint::save_safetensors(
-            &dir.join("optimizer.safetensors"),
-            &opt.state_tensors(),
-        )?;
-        rllr_core::fsutil::write_file_atomic(&dir.join("state.json"), state.to_string().as_bytes())
-    })?;
-    let mut steps: Vec<usize> = std::fs::read_dir(ckpt_dir)?
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_prefix("step-")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    steps.sort_unstable();
-    let drop = steps.len().saturating_sub(keep.max(1));
-    for s in &steps[..drop] {
-        std::fs::remove_dir_all(step_dir(ckpt_dir, *s))?;
-    }
-    Ok(())
-}
-
-/// Restore the weights and AdamW state of `dir`; returns the `extra` state saved with them.
-pub(crate) fn load_checkpoint(
-    dir: &Path,
-    opt: &mut AdamW,
-    fingerprint: &Value,
-) -> anyhow::Result<Value> {
-    let state: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
-        .with_context(|| format!("{}/state.json", dir.display()))?;
-    if &state["fingerprint"] != fingerprint {
-        bail!(
-            "cannot resume from {}: it was written with different settings\n  checkpoint: {}\n  now:        {}",
-            dir.display(),
-            state["fingerprint"],
-            fingerprint
-        );
-    }
-    let dev = opt.vars()[0].1.device().clone();
-    let mut weights = candle_core::safetensors::load(dir.join("trainable.safetensors"), &dev)?;
-    for (name, var) in opt.vars() {
-        let w = weights
-            .remove(name)
-            .with_context(|| format!("checkpoint {} lacks {name}", dir.display()))?;
-        var.set(&w.to_dtype(var.dtype())?)?;
-    }
-    let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &dev)?;
-    let t = state["optimizer_t"]
-        .as_u64()
-        .context("state.json lacks optimizer_t")?;
-    opt.load_state(moments, t)?;
-    Ok(state["extra"].clone())
-}
-
-/// Keep only the log records of steps `<= step` (a resumed run rewrites what follows).
-pub(crate) fn truncate_log(path: &Path, step: usize) -> anyhow::Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(path)?;
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    rllr_core::fsutil::write_file_atomic(path, kept.as_bytes())?;
-    Ok(())
 }
 
 #[cfg(test)]
