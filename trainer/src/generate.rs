@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::stage::resolve_template;
 use anyhow::{bail, Context};
 use clap::Args;
 use rllr_core::checkpoint::{self, Checkpoint};
 use rllr_core::device::{parse_device, parse_dtype};
-use rllr_core::template::ChatTemplate;
 use rllr_core::{generate, ForwardCtx, GenerationRequest, SamplingParams, StopCriteria};
 
 #[derive(Args, Debug)]
@@ -51,22 +51,6 @@ pub struct GenerateArgs {
     /// f32, f16 or bf16 compute dtype (half precision is for GPUs; on CPU f32 is fastest).
     #[arg(long, env = "RLLR_TRAIN_DTYPE", default_value = "f32")]
     pub dtype: String,
-}
-
-/// Pick the chat template: explicit name (`jinja` = the checkpoint's own), else the manifest's,
-/// else the tokenizer config's jinja template, else plain ([`ChatTemplate::resolve`]).
-pub(crate) fn resolve_template(name: &str, ckpt: &Checkpoint) -> anyhow::Result<ChatTemplate> {
-    let manifest = ckpt
-        .manifest
-        .as_ref()
-        .and_then(|m| m.chat_template.as_ref());
-    let origin = ckpt.dir.join("tokenizer_config.json");
-    Ok(ChatTemplate::resolve(
-        name,
-        manifest,
-        ckpt.tokenizer_config()?.as_ref(),
-        &origin.display().to_string(),
-    )?)
 }
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ use rllr_core::gguf::{base_manifest, import_gguf_with_progress, write_hf_checkpo
 mod data;
 mod eval;
 mod generate;
+mod metrics;
 mod onpolicy;
 mod pairs;
 mod pipeline;

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, HashSet};
 use rllr_core::dataset::{Example, Pair, PairKind, Rationale};
 use rllr_core::task::TaskSpec;
 
+use crate::data::rationales::RationaleRecord;
 use crate::data::split::{input_key, rank_key};
-use crate::rationalize::RationaleRecord;
 
 /// How many wrong labels each example gets (D3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

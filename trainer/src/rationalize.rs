@@ -16,28 +16,15 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use rllr_core::dataset::{parse_jsonl, read_examples, to_jsonl, Example};
 use rllr_core::device::parse_device;
-use serde::{Deserialize, Serialize};
 
 use crate::data::cli::TaskArgs;
+use crate::data::rationales::RationaleRecord;
 use crate::pairs::{wrong_labels, WrongLabels};
 use crate::teacher::cache::DiskCache;
 use crate::teacher::dataset::DatasetTeacher;
 use crate::teacher::local::{LocalConfig, LocalTeacher};
 use crate::teacher::openai::{OpenAiConfig, OpenAiTeacher};
 use crate::teacher::{RationaleRequest, Teacher, TeacherError};
-
-/// One written rationale.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RationaleRecord {
-    pub id: String,
-    pub task: String,
-    /// Canonical label the rationale argues for.
-    pub label: String,
-    /// Whether that label is the gold one.
-    pub gold: bool,
-    pub text: String,
-    pub source: String,
-}
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TeacherKind {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::data::trl::PairsFormat;
-use crate::eval::{encode_pairs, pair_metrics, score_pairs, PairItem};
+use crate::metrics::{encode_pairs, pair_metrics, score_pairs, PairItem};
 use crate::stage;
 use crate::train::config::{overridable, required, stage_args, LoraSection, TrainConfig};
 use crate::train::losses::{bradley_terry, divergent_span, divergent_span_loss};

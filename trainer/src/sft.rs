@@ -13,7 +13,7 @@ use rllr_core::task::TaskSpec;
 use rllr_core::{Batch, ForwardCtx, Llama, PaddingSide};
 use serde_json::{json, Map, Value};
 
-use crate::eval::{evaluate_policy, PolicyEvalSpec};
+use crate::metrics::{evaluate_policy, PolicyEvalSpec};
 use crate::stage::{self, Loaded};
 use crate::train::config::{overridable, required, stage_args, LoraSection, TrainConfig};
 use crate::train::losses::{shifted_targets, token_ce};

@@ -15,7 +15,21 @@ use rllr_core::template::ChatTemplate;
 use rllr_core::Llama;
 use tokenizers::Tokenizer;
 
-use crate::generate::resolve_template;
+/// Pick the chat template: explicit name (`jinja` = the checkpoint's own), else the manifest's,
+/// else the tokenizer config's jinja template, else plain ([`ChatTemplate::resolve`]).
+pub fn resolve_template(name: &str, ckpt: &Checkpoint) -> anyhow::Result<ChatTemplate> {
+    let manifest = ckpt
+        .manifest
+        .as_ref()
+        .and_then(|m| m.chat_template.as_ref());
+    let origin = ckpt.dir.join("tokenizer_config.json");
+    Ok(ChatTemplate::resolve(
+        name,
+        manifest,
+        ckpt.tokenizer_config()?.as_ref(),
+        &origin.display().to_string(),
+    )?)
+}
 
 /// A loaded starting point: model, tokenizer, template, special ids.
 pub struct Loaded {

@@ -5,6 +5,7 @@
 pub mod alpaca;
 pub mod build;
 pub mod cli;
+pub mod rationales;
 pub mod sources;
 pub mod split;
 pub mod trl;

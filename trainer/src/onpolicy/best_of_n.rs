@@ -12,9 +12,9 @@ use rllr_core::task::TaskSpec;
 
 use super::reward::{self, best_index, RewardModelsArgs, Rewards};
 use super::sample::{read_prompts, Sample, SamplerArgs};
-use crate::eval::{policy_metrics, predictions_jsonl, print_policy, PolicyReport};
+use crate::metrics::{policy_metrics, predictions_jsonl, print_policy, PolicyReport};
 
-pub use crate::eval::Prediction;
+pub use crate::metrics::Prediction;
 
 /// The highest-mixed-reward sample of each prompt as its answer: predictions in input order and
 /// the report.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::reward::{self, best_index, RewardModelsArgs, Rewards};
 use super::sample::{read_prompts, temperature_as_written, SamplerArgs};
-use crate::eval::{evaluate_policy, PolicyEvalSpec};
+use crate::metrics::{evaluate_policy, PolicyEvalSpec};
 
 /// Best-of-N accuracy when the sample with the highest reward X is the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ use super::plan::{
     EvalPolicyJob, EvalRewardJob, Job, OnPolicyJob, PairsJob, RationalesJob, SampledJob, Stage,
 };
 use crate::data::cli::TaskArgs;
+use crate::data::rationales::RationaleRecord;
 use crate::eval::{EvalArgs, EvalWhat, PolicyArgs, RewardEvalArgs};
 use crate::onpolicy::best_of_n::BestOfNArgs;
 use crate::onpolicy::diagnose::DiagnoseArgs;
@@ -22,7 +23,7 @@ use crate::onpolicy::reward::RewardModelsArgs;
 use crate::onpolicy::sample::SamplerArgs;
 use crate::pairs::{LabelArgs, PairInputs, PairsArgs, PairsCommand, RationaleArgs, TestArgs};
 use crate::ppo::PpoArgs;
-use crate::rationalize::{LocalArgs, OpenAiArgs, RationaleRecord, RationalizeArgs, TeacherKind};
+use crate::rationalize::{LocalArgs, OpenAiArgs, RationalizeArgs, TeacherKind};
 use crate::reward::RewardArgs;
 use crate::sft::SftArgs;
 

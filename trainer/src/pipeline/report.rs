@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::plan::{POLICIES, REWARD_MODELS};
-use crate::eval::Prediction;
+use crate::metrics::Prediction;
 use crate::stats::{self, Paired};
 
 /// Policies the pipeline may also evaluate (stage `eval-<key>`, same files as the others); a

@@ -42,7 +42,7 @@ pub struct PpoReport {
     pub first_quarter: Value,
     pub last_quarter: Value,
     /// Greedy answers of the trained policy on `dev` (when given).
-    pub dev: Option<crate::eval::PolicyReport>,
+    pub dev: Option<crate::metrics::PolicyReport>,
 }
 
 /// Fraction of rollouts whose parsed answer is the gold label, and fraction unparseable.

@@ -188,7 +188,7 @@ fn dev_eval(
     loaded: &Loaded,
     task: &TaskSpec,
     c: &PpoConfig,
-) -> anyhow::Result<Option<crate::eval::PolicyReport>> {
+) -> anyhow::Result<Option<crate::metrics::PolicyReport>> {
     let Some(path) = &c.dev else {
         return Ok(None);
     };
@@ -197,8 +197,8 @@ fn dev_eval(
         dev.truncate(c.dev_limit);
     }
     let spec =
-        crate::eval::PolicyEvalSpec::of(task, loaded, c.dev_max_new_tokens, c.dev_batch_size);
-    let r = crate::eval::evaluate_policy(
+        crate::metrics::PolicyEvalSpec::of(task, loaded, c.dev_max_new_tokens, c.dev_batch_size);
+    let r = crate::metrics::evaluate_policy(
         &loaded.model,
         &ForwardCtx::with_adapter(POLICY),
         &dev,

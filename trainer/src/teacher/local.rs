@@ -44,7 +44,7 @@ impl LocalTeacher {
         let ckpt = Checkpoint::open(dir)?;
         let model = ckpt.load_model(DType::F32, device)?;
         let tokenizer = ckpt.load_tokenizer()?;
-        let template = crate::generate::resolve_template(template, &ckpt)
+        let template = crate::stage::resolve_template(template, &ckpt)
             .map_err(|e| TeacherError::Config(format!("{e:#}")))?;
         let stop = StopCriteria {
             eos_ids: ckpt.config.eos_ids(),
