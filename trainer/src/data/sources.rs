@@ -161,15 +161,38 @@ fn binary(value: &str, zero: &'static str, one: &'static str) -> Option<&'static
     }
 }
 
-/// Read TSV rows (`\t`-split, no quoting) and map each through `row`; a row `row` rejects is
-/// counted as skipped.
+/// Read TSV rows (`\t`-split, no quoting: a `"` is text) and map each through `row` with its
+/// 1-based line number; blank lines are left out, a row `row` rejects is counted as skipped.
 fn tsv<F>(path: &Path, header: bool, out: &mut RawTask, mut row: F) -> Result<(), DataError>
 where
     F: FnMut(usize, &[&str]) -> Option<Example>,
 {
     let text = read_utf8(path)?;
-    for (n, line) in lines(&text).skip(usize::from(header)) {
-        let cols: Vec<&str> = line.split('\t').collect();
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(b'\t')
+        .quoting(false)
+        .has_headers(false)
+        .flexible(true)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_reader(text.as_bytes());
+    let mut header = header;
+    for record in reader.records() {
+        let record = record.map_err(|e| DataError::Raw {
+            path: path.to_path_buf(),
+            line: e.position().map_or(0, |p| p.line() as usize),
+            msg: e.to_string(),
+        })?;
+        let n = record.position().map_or(0, |p| p.line() as usize);
+        let mut cols: Vec<&str> = record.iter().collect();
+        if let Some(last) = cols.last_mut() {
+            *last = last.trim_end_matches('\r');
+        }
+        if cols.iter().all(|c| c.trim().is_empty()) {
+            continue;
+        }
+        if std::mem::take(&mut header) {
+            continue;
+        }
         match row(n, &cols) {
             Some(ex) => out.examples.push(ex),
             None => out.skipped += 1,

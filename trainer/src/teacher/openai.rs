@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use backon::{BlockingRetryable, ExponentialBuilder};
 use serde_json::json;
 
 use super::cache::DiskCache;
@@ -79,29 +80,32 @@ impl OpenAiTeacher {
         if let Some(hit) = cache.and_then(|c| c.get(&self.config.model, p)) {
             return Ok(hit);
         }
-        let mut attempt = 0;
-        let text = loop {
-            match self.attempt(p) {
-                Ok(text) => break text,
-                Err(Attempt {
-                    error,
-                    retry_after: Some(wait),
-                }) if attempt < self.config.max_retries => {
-                    tracing::warn!(%error, wait_ms = wait.as_millis() as u64, "retrying");
-                    std::thread::sleep(wait.max(self.backoff(attempt)).min(MAX_RETRY_AFTER));
-                    attempt += 1;
-                }
-                Err(a) => return Err(a.error),
-            }
-        };
+        let text = (|| self.attempt(p))
+            .retry(self.backoff())
+            .sleep(std::thread::sleep)
+            .when(|a: &Attempt| a.retry_after.is_some())
+            .notify(|a: &Attempt, backoff: Duration| {
+                let wait = a.retry_after.unwrap_or_default();
+                tracing::warn!(error = %a.error, wait_ms = wait.as_millis() as u64, "retrying");
+                // The server's Retry-After wins over a shorter backoff (capped): wait out the rest.
+                std::thread::sleep(wait.min(MAX_RETRY_AFTER).saturating_sub(backoff));
+            })
+            .call()
+            .map_err(|a| a.error)?;
         if let Some(c) = cache {
             c.put(&self.config.model, p, &text)?;
         }
         Ok(text)
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        (self.config.backoff * 2u32.saturating_pow(attempt)).min(Duration::from_secs(60))
+    /// `max_retries` retries, the first after `backoff`, doubled per retry, capped at 60 s.
+    fn backoff(&self) -> ExponentialBuilder {
+        let cap = Duration::from_secs(60);
+        ExponentialBuilder::new()
+            .with_min_delay(self.config.backoff.min(cap))
+            .with_factor(2.0)
+            .with_max_delay(cap)
+            .with_max_times(self.config.max_retries as usize)
     }
 
     fn attempt(&self, p: &Prompt) -> Result<String, Attempt> {
