@@ -287,3 +287,38 @@ fn truncate_log(path: &Path, step: usize) -> anyhow::Result<()> {
     rllr_core::fsutil::write_file_atomic(path, kept.as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopped_is_found_through_context() {
+        let e = anyhow::Error::new(Stopped {
+            stage: "sft".into(),
+            step: 10,
+        })
+        .context("stage sft-comve");
+        assert!(is_stopped(&e));
+        assert!(
+            format!("{e:#}").contains("sft: stopping after step 10 as asked (--stop-after)"),
+            "{e:#}"
+        );
+        assert!(!is_stopped(&anyhow::anyhow!("other")));
+    }
+
+    #[test]
+    fn fingerprint_leaves_out_cadence_and_device() {
+        let cfg = TrainConfig::default();
+        let a = settings_fingerprint(&cfg);
+        let b = settings_fingerprint(&TrainConfig {
+            save_every: cfg.save_every + 1,
+            keep_checkpoints: cfg.keep_checkpoints + 1,
+            eval_every: cfg.eval_every + 1,
+            device: "cuda:3".into(),
+            ..cfg.clone()
+        });
+        assert_eq!(a, b);
+        assert!(a.get("device").is_none());
+    }
+}
