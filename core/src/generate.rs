@@ -1,18 +1,16 @@
 //! Batched generation: prefill every prompt at once, then decode one token per live sequence per
 //! step; sequences that stop (EOS, stop string, length) leave the batch and free their cache rows.
 //!
-//! This is the loop evaluation (greedy, docs/method.md §7) and PPO rollouts (sampled, §5.4.1) run; the
-//! server's continuous batcher drives the same [`Llama::prefill`] / [`Llama::decode_step`] /
-//! [`KvCache`] pieces step by step.
+//! This is the loop evaluation (greedy, docs/method.md §7) and PPO rollouts (sampled, §5.4.1) run:
+//! one [`Decoder`] admission of every prompt, then steps until every row has retired. The server's
+//! continuous batcher drives the same [`Decoder`], admitting and abandoning rows between steps.
 
-use candle_core::Device;
 use tokenizers::Tokenizer;
 
-use crate::batch::{Batch, PaddingSide};
-use crate::kv_cache::KvCache;
+use crate::decode::{Admission, DecodeEvents, Decoder, Retired};
 use crate::lora::ForwardCtx;
 use crate::model::Llama;
-use crate::sampling::{FinishReason, Sampler, SamplingParams, StopCriteria};
+use crate::sampling::{FinishReason, SamplingParams, StopCriteria};
 use crate::{Error, Result};
 
 /// One prompt to continue.
@@ -35,11 +33,14 @@ pub struct Generation {
     pub text: Option<String>,
 }
 
-struct Live {
-    request: usize,
-    sampler: Sampler,
-    tokens: Vec<u32>,
-    logprobs: Vec<f32>,
+/// Collects retired rows by request index (the tag).
+struct Finished(Vec<Option<Retired<usize>>>);
+
+impl DecodeEvents<usize> for Finished {
+    fn retired(&mut self, row: Retired<usize>) {
+        let i = row.tag;
+        self.0[i] = Some(row);
+    }
 }
 
 /// Generate continuations of every request in one batch. `tokenizer` is needed for stop strings
@@ -81,70 +82,40 @@ fn run(
     ctx: &ForwardCtx,
     pad_id: u32,
 ) -> Result<Vec<Generation>> {
-    let prompts: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
-    let batch = Batch::new(&prompts, pad_id, PaddingSide::Left, model.device())?;
-    let mut cache = KvCache::new(model.config().num_hidden_layers);
-    let mut logits = model.prefill(&batch, &mut cache, ctx)?;
-    let mut live: Vec<Live> = requests
+    let mut decoder = Decoder::new(true);
+    let admissions = requests
         .iter()
         .enumerate()
-        .map(|(i, r)| Live {
-            request: i,
-            sampler: Sampler::new(r.sampling.clone()),
-            tokens: Vec::new(),
-            logprobs: Vec::new(),
+        .map(|(i, r)| Admission {
+            prompt: r.prompt.clone(),
+            sampling: r.sampling.clone(),
+            stop: r.stop.clone(),
+            tag: i,
         })
         .collect();
-    let mut done: Vec<Option<Generation>> = vec![None; requests.len()];
-    while !live.is_empty() {
-        let rows = logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
-        let mut keep = Vec::with_capacity(live.len());
-        let mut next = Vec::with_capacity(live.len());
-        for (row, seq) in live.iter_mut().enumerate() {
-            let (tok, lp) = seq.sampler.sample_with_logprob(&rows[row]);
-            seq.tokens.push(tok);
-            seq.logprobs.push(lp);
-            let stop = &requests[seq.request].stop;
-            let text = match tokenizer {
-                Some(t) if !stop.stop_strings.is_empty() => decode(t, &seq.tokens)?,
-                _ => String::new(),
-            };
-            match stop.check(&seq.tokens, &text) {
-                Some(finish) => {
-                    let text = tokenizer
-                        .map(|t| decode(t, &seq.tokens).map(|s| stop.truncate_at_stop(&s)))
-                        .transpose()?;
-                    done[seq.request] = Some(Generation {
-                        tokens: std::mem::take(&mut seq.tokens),
-                        logprobs: std::mem::take(&mut seq.logprobs),
-                        finish,
-                        text,
-                    });
-                }
-                None => {
-                    keep.push(row);
-                    next.push(tok);
-                }
-            }
-        }
-        if keep.len() < live.len() {
-            cache.retain(&keep)?;
-            let mut it = 0;
-            live.retain(|_| {
-                let k = keep.contains(&it);
-                it += 1;
-                k
-            });
-        }
-        if live.is_empty() {
-            break;
-        }
-        logits = model.decode_step(&next, &mut cache, ctx)?;
+    decoder
+        .admit(model, ctx, pad_id, admissions)
+        .map_err(|r| r.error)?;
+    let mut done = Finished(vec![None; requests.len()]);
+    while !decoder.is_empty() {
+        decoder.step(model, ctx, tokenizer, &mut done)?;
     }
-    Ok(done
+    done.0
         .into_iter()
-        .map(|g| g.expect("every request finishes"))
-        .collect())
+        .zip(requests)
+        .map(|(row, r)| {
+            let row = row.expect("every request finishes");
+            let text = tokenizer
+                .map(|t| decode(t, &row.tokens).map(|s| r.stop.truncate_at_stop(&s)))
+                .transpose()?;
+            Ok(Generation {
+                tokens: row.tokens,
+                logprobs: row.logprobs,
+                finish: row.finish.expect("generate abandons no row"),
+                text,
+            })
+        })
+        .collect()
 }
 
 fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
+pub mod decode;
 pub mod device;
 pub mod error;
 pub mod fsutil;
@@ -33,6 +34,7 @@ pub mod numerics;
 pub mod rope;
 
 pub use batch::{Batch, PaddingSide};
+pub use decode::{Admission, DecodeEvents, Decoder, Rejected, Retired};
 pub use generate::{generate, Generation, GenerationRequest};
 pub use kv_cache::KvCache;
 pub use lora::{ForwardCtx, LoraConfig};

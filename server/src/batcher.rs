@@ -72,6 +72,35 @@ pub struct GenDone {
     pub inference: Duration,
 }
 
+/// A queued job as the batcher sees it before running it: its caller may have gone away, its
+/// deadline may have passed.
+trait Pending {
+    /// The caller stopped waiting for the reply.
+    fn cancelled(&self) -> bool;
+    fn deadline(&self) -> Option<Instant>;
+    /// Answer with `e` instead of running.
+    fn fail(self, e: Error);
+}
+
+/// Both job kinds reply on a oneshot channel and carry an optional deadline.
+macro_rules! impl_pending {
+    ($($job:ty),*) => {$(
+        impl Pending for $job {
+            fn cancelled(&self) -> bool {
+                self.reply.is_closed()
+            }
+            fn deadline(&self) -> Option<Instant> {
+                self.deadline
+            }
+            fn fail(self, e: Error) {
+                let _ = self.reply.send(Err(e));
+            }
+        }
+    )*};
+}
+
+impl_pending!(ScoreJob, GenJob);
+
 /// Work for an engine worker.
 pub enum Job {
     Score(ScoreJob),
@@ -234,6 +263,32 @@ impl Batcher {
         metrics::gauge!("rllr_queue_depth", "model" => self.model.clone()).set(left as f64);
     }
 
+    /// Remove the front job of a queue (`queue` picks it) when its caller went away (dropped) or
+    /// its deadline passed by `now` (answered DEADLINE_EXCEEDED, saying the `what` was queued);
+    /// true when one was removed.
+    fn drop_dead_front<J: Pending>(
+        &mut self,
+        queue: fn(&mut Self) -> &mut VecDeque<J>,
+        now: Instant,
+        what: &str,
+    ) -> bool {
+        let q = queue(self);
+        let reason = match q.front() {
+            Some(j) if j.cancelled() => "cancelled",
+            Some(j) if j.deadline().is_some_and(|d| d <= now) => "deadline",
+            _ => return false,
+        };
+        let j = q.pop_front().expect("front exists");
+        self.taken(1);
+        metrics::counter!("rllr_request_dropped_total", "model" => self.model.clone(), "reason" => reason).increment(1);
+        if reason == "deadline" {
+            j.fail(Error::DeadlineExceeded(format!(
+                "the deadline passed while the {what} was queued"
+            )));
+        }
+        true
+    }
+
     /// The next scoring batch, FIFO: as many jobs as fit `max_batch_size` rows and
     /// `max_batch_tokens` padded tokens (always at least one). Cancelled jobs are dropped and
     /// expired ones answered DEADLINE_EXCEEDED on the way.
@@ -241,22 +296,11 @@ impl Batcher {
         let now = Instant::now();
         let mut out: Vec<ScoreJob> = Vec::new();
         let mut longest = 0;
-        while let Some(j) = self.scores.front() {
-            if j.reply.is_closed() {
-                self.scores.pop_front();
-                self.taken(1);
-                metrics::counter!("rllr_request_dropped_total", "model" => self.model.clone(), "reason" => "cancelled").increment(1);
+        loop {
+            if self.drop_dead_front(|b| &mut b.scores, now, "item") {
                 continue;
             }
-            if j.deadline.is_some_and(|d| d <= now) {
-                let j = self.scores.pop_front().expect("front exists");
-                self.taken(1);
-                metrics::counter!("rllr_request_dropped_total", "model" => self.model.clone(), "reason" => "deadline").increment(1);
-                let _ = j.reply.send(Err(Error::DeadlineExceeded(
-                    "the deadline passed while the item was queued".into(),
-                )));
-                continue;
-            }
+            let Some(j) = self.scores.front() else { break };
             let l = longest.max(j.tokens.len());
             let fits = out.len() < self.settings.max_batch_size
                 && (out.len() + 1) * l <= self.settings.max_batch_tokens;
@@ -275,22 +319,11 @@ impl Batcher {
         let now = Instant::now();
         let mut out: Vec<GenJob> = Vec::new();
         let mut longest = 0;
-        while let Some(j) = self.gens.front() {
-            if j.reply.is_closed() {
-                self.gens.pop_front();
-                self.taken(1);
-                metrics::counter!("rllr_request_dropped_total", "model" => self.model.clone(), "reason" => "cancelled").increment(1);
+        loop {
+            if self.drop_dead_front(|b| &mut b.gens, now, "input") {
                 continue;
             }
-            if j.deadline.is_some_and(|d| d <= now) {
-                let j = self.gens.pop_front().expect("front exists");
-                self.taken(1);
-                metrics::counter!("rllr_request_dropped_total", "model" => self.model.clone(), "reason" => "deadline").increment(1);
-                let _ = j.reply.send(Err(Error::DeadlineExceeded(
-                    "the deadline passed while the input was queued".into(),
-                )));
-                continue;
-            }
+            let Some(j) = self.gens.front() else { break };
             let l = longest.max(j.prompt.len());
             let fits = live + out.len() < self.settings.max_batch_size
                 && (out.len() + 1) * l <= self.settings.max_batch_tokens;

@@ -2,16 +2,18 @@
 //!
 //! Async code never calls candle. The worker loops: take arrived jobs (the [`Batcher`]), run one
 //! scoring batch if any is pending, admit waiting generations into the decode batch (prefill them
-//! into their own KV cache, then join it), and advance every live sequence by one token; finished,
-//! cancelled and expired sequences leave the cache between steps (continuous batching).
+//! into their own KV cache, then join it), and advance every live sequence by one token, all through
+//! rllr-core's [`Decoder`]; finished, cancelled and expired sequences leave the cache between steps
+//! (continuous batching).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use rllr_core::sampling::Sampler;
-use rllr_core::{Batch, FinishReason, ForwardCtx, KvCache, Llama, PaddingSide, StopCriteria};
+use rllr_core::{
+    Admission, Batch, DecodeEvents, Decoder, ForwardCtx, Llama, PaddingSide, Retired, StopCriteria,
+};
 
 use crate::batcher::{Batcher, GenDone, GenJob, ScoreDone, ScoreJob};
 use crate::error::Error;
@@ -47,8 +49,7 @@ pub fn spawn(
                 model,
                 spec,
                 batcher,
-                live: Vec::new(),
-                cache: None,
+                decoder: Decoder::new(false),
             };
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
             if result.is_err() {
@@ -59,11 +60,9 @@ pub fn spawn(
         })
 }
 
+/// A generation in the decode batch (the [`Decoder`] row's tag).
 struct Live {
     job: GenJob,
-    sampler: Sampler,
-    logits: Vec<f32>,
-    tokens: Vec<u32>,
     label_logits: Vec<Vec<f32>>,
     admitted: Instant,
 }
@@ -72,20 +71,20 @@ struct Worker {
     model: Llama,
     spec: EngineSpec,
     batcher: Batcher,
-    live: Vec<Live>,
-    cache: Option<KvCache>,
+    decoder: Decoder<Live>,
+}
+
+/// The forward context of `spec`'s model.
+fn ctx(spec: &EngineSpec) -> ForwardCtx<'_> {
+    ForwardCtx {
+        adapter: spec.adapter.as_deref(),
+        dropout_seed: None,
+    }
 }
 
 impl Worker {
-    fn ctx(&self) -> ForwardCtx<'_> {
-        ForwardCtx {
-            adapter: self.spec.adapter.as_deref(),
-            dropout_seed: None,
-        }
-    }
-
     fn run(&mut self) {
-        while self.batcher.fill(self.live.is_empty()) || !self.live.is_empty() {
+        while self.batcher.fill(self.decoder.is_empty()) || !self.decoder.is_empty() {
             // The model work runs on a rayon worker (the kernels' parallel loops then share work
             // within the pool instead of waking it and parking this thread every op); waiting
             // for requests stays outside, so an idle engine holds no worker.
@@ -93,11 +92,11 @@ impl Worker {
             if !batch.is_empty() {
                 rayon::scope(|_| self.score(batch));
             }
-            let admitted = self.batcher.admit_generations(self.live.len());
+            let admitted = self.batcher.admit_generations(self.decoder.len());
             if !admitted.is_empty() {
                 rayon::scope(|_| self.prefill(admitted));
             }
-            if !self.live.is_empty() {
+            if !self.decoder.is_empty() {
                 rayon::scope(|_| self.step());
             }
         }
@@ -119,7 +118,7 @@ impl Worker {
                 PaddingSide::Right,
                 self.model.device(),
             )?;
-            let h = self.model.hidden_states(&batch, &self.ctx())?;
+            let h = self.model.hidden_states(&batch, &ctx(&self.spec))?;
             let s = self.model.score(&h, &batch, head)?;
             Ok(s.to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?
@@ -157,53 +156,42 @@ impl Worker {
 
     fn prefill(&mut self, jobs: Vec<GenJob>) {
         let t0 = Instant::now();
-        let prompts: Vec<Vec<u32>> = jobs.iter().map(|j| j.prompt.clone()).collect();
-        let tokens = prompts.len() * prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let layers = self.model.config().num_hidden_layers;
-        let result = (|| -> rllr_core::Result<(KvCache, Vec<Vec<f32>>)> {
-            let batch = Batch::new(
-                &prompts,
-                self.spec.pad_id,
-                PaddingSide::Left,
-                self.model.device(),
-            )?;
-            let mut cache = KvCache::new(layers);
-            let logits = self.model.prefill(&batch, &mut cache, &self.ctx())?;
-            Ok((cache, logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?))
-        })();
+        let tokens = jobs.len() * jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(0);
+        let n = jobs.len();
+        let admissions = jobs
+            .into_iter()
+            .map(|mut job| Admission {
+                prompt: std::mem::take(&mut job.prompt),
+                sampling: job.sampling.clone(),
+                stop: StopCriteria {
+                    eos_ids: self.spec.eos_ids.clone(),
+                    stop_strings: Vec::new(),
+                    max_new_tokens: job.max_new_tokens,
+                },
+                tag: Live {
+                    job,
+                    label_logits: Vec::new(),
+                    admitted: t0,
+                },
+            })
+            .collect();
+        let result =
+            self.decoder
+                .admit(&self.model, &ctx(&self.spec), self.spec.pad_id, admissions);
         let m = self.spec.model.clone();
         metrics::histogram!("rllr_batch_size", "model" => m.clone(), "method" => "prefill")
-            .record(jobs.len() as f64);
+            .record(n as f64);
         metrics::histogram!("rllr_batch_tokens", "model" => m.clone(), "method" => "prefill")
             .record(tokens as f64);
         metrics::histogram!("rllr_batch_inference_duration_seconds", "model" => m, "method" => "prefill")
             .record(t0.elapsed().as_secs_f64());
-        let joined = result.and_then(|(new_cache, rows)| {
-            match self.cache.as_mut() {
-                Some(c) => c.join(new_cache)?,
-                None => self.cache = Some(new_cache),
-            }
-            Ok(rows)
-        });
-        match joined {
-            Ok(rows) => {
-                for (job, logits) in jobs.into_iter().zip(rows) {
-                    let sampler = Sampler::new(job.sampling.clone());
-                    self.live.push(Live {
-                        job,
-                        sampler,
-                        logits,
-                        tokens: Vec::new(),
-                        label_logits: Vec::new(),
-                        admitted: t0,
-                    });
-                }
-            }
-            Err(e) => {
-                tracing::error!(model = %self.spec.model, error = %e, "prefill failed");
-                for job in jobs {
-                    let _ = job.reply.send(Err(Error::Internal(e.to_string())));
-                }
+        if let Err(r) = result {
+            tracing::error!(model = %self.spec.model, error = %r.error, "prefill failed");
+            for live in r.tags {
+                let _ = live
+                    .job
+                    .reply
+                    .send(Err(Error::Internal(r.error.to_string())));
             }
         }
     }
@@ -211,121 +199,90 @@ impl Worker {
     /// Sample one token for every live sequence, retire the finished, decode the rest one step.
     fn step(&mut self) {
         let t0 = Instant::now();
-        let now = Instant::now();
-        let mut keep = Vec::with_capacity(self.live.len());
-        let mut next = Vec::with_capacity(self.live.len());
-        let mut finished: Vec<(usize, Option<FinishReason>)> = Vec::new();
-        for (row, seq) in self.live.iter_mut().enumerate() {
-            if seq.job.reply.is_closed() {
-                finished.push((row, None));
-                continue;
-            }
-            if seq.job.deadline.is_some_and(|d| d <= now) {
-                finished.push((row, None));
-                continue;
-            }
-            let tok = seq.sampler.sample(&seq.logits);
-            seq.label_logits.push(
-                self.spec
-                    .label_first_ids
-                    .iter()
-                    .map(|&id| {
-                        seq.logits
-                            .get(id as usize)
-                            .copied()
-                            .unwrap_or(f32::NEG_INFINITY)
-                    })
-                    .collect(),
-            );
-            seq.tokens.push(tok);
-            if let Some(tx) = &seq.job.tokens_tx {
-                let _ = tx.send(tok);
-            }
-            let stop = StopCriteria {
-                eos_ids: self.spec.eos_ids.clone(),
-                stop_strings: Vec::new(),
-                max_new_tokens: seq.job.max_new_tokens,
-            };
-            match stop.check(&seq.tokens, "") {
-                Some(f) => finished.push((row, Some(f))),
-                None => {
-                    keep.push(row);
-                    next.push(tok);
-                }
-            }
-        }
-        if !finished.is_empty() {
-            let mut slots: Vec<Option<Live>> = std::mem::take(&mut self.live)
-                .into_iter()
-                .map(Some)
-                .collect();
-            for (row, finish) in &finished {
-                let seq = slots[*row].take().expect("row finishes once");
-                let expired = seq.job.deadline.is_some_and(|d| d <= now);
-                match finish {
-                    Some(f) => {
-                        metrics::counter!("rllr_generated_tokens_total", "model" => self.spec.model.clone())
-                            .increment(seq.tokens.len() as u64);
-                        let _ = seq.job.reply.send(Ok(GenDone {
-                            tokens: seq.tokens,
-                            label_logits: seq.label_logits,
-                            finish: f.clone(),
-                            queue: seq.admitted.saturating_duration_since(seq.job.enqueued),
-                            inference: seq.admitted.elapsed(),
-                        }));
-                    }
-                    None if expired => {
-                        let _ = seq.job.reply.send(Err(Error::DeadlineExceeded(
-                            "the deadline passed during generation".into(),
-                        )));
-                    }
-                    None => {}
-                }
-            }
-            self.live = slots.into_iter().flatten().collect();
-            if self.live.is_empty() {
-                self.cache = None;
-                return;
-            }
-            if let Some(c) = self.cache.as_mut() {
-                if let Err(e) = c.retain(&keep) {
-                    self.fail_live(&e.to_string());
-                    return;
-                }
-            }
-        }
-        let Some(cache) = self.cache.as_mut() else {
-            self.fail_live("decode batch lost its cache");
-            return;
-        };
-        let ctx = ForwardCtx {
-            adapter: self.spec.adapter.as_deref(),
-            dropout_seed: None,
+        let mut events = Events {
+            spec: &self.spec,
+            now: t0,
         };
         let result = self
-            .model
-            .decode_step(&next, cache, &ctx)
-            .and_then(|l| Ok(l.to_device(&Device::Cpu)?.to_vec2::<f32>()?));
+            .decoder
+            .step(&self.model, &ctx(&self.spec), None, &mut events);
+        let decoded = match result {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(_) => self.decoder.len(),
+        };
         let m = self.spec.model.clone();
         metrics::histogram!("rllr_batch_size", "model" => m.clone(), "method" => "decode")
-            .record(next.len() as f64);
+            .record(decoded as f64);
         metrics::histogram!("rllr_batch_inference_duration_seconds", "model" => m, "method" => "decode")
             .record(t0.elapsed().as_secs_f64());
-        match result {
-            Ok(rows) => {
-                for (seq, logits) in self.live.iter_mut().zip(rows) {
-                    seq.logits = logits;
-                }
-            }
-            Err(e) => self.fail_live(&e.to_string()),
+        if let Err(e) = result {
+            self.fail_live(&e.to_string());
         }
     }
 
     fn fail_live(&mut self, msg: &str) {
         tracing::error!(model = %self.spec.model, error = %msg, "decode step failed");
-        for seq in self.live.drain(..) {
-            let _ = seq.job.reply.send(Err(Error::Internal(msg.to_string())));
+        for live in self.decoder.drain() {
+            let _ = live.job.reply.send(Err(Error::Internal(msg.to_string())));
         }
-        self.cache = None;
+    }
+}
+
+/// The engine's view of a decode step: cancelled and expired generations leave before sampling,
+/// each sampled token is streamed and its label logits kept, retired ones are answered.
+struct Events<'a> {
+    spec: &'a EngineSpec,
+    now: Instant,
+}
+
+impl DecodeEvents<Live> for Events<'_> {
+    fn abandoned(&mut self, live: &Live) -> bool {
+        live.job.reply.is_closed() || live.job.deadline.is_some_and(|d| d <= self.now)
+    }
+
+    fn sampled(&mut self, live: &mut Live, logits: &[f32], token: u32) {
+        live.label_logits.push(
+            self.spec
+                .label_first_ids
+                .iter()
+                .map(|&id| {
+                    logits
+                        .get(id as usize)
+                        .copied()
+                        .unwrap_or(f32::NEG_INFINITY)
+                })
+                .collect(),
+        );
+        if let Some(tx) = &live.job.tokens_tx {
+            let _ = tx.send(token);
+        }
+    }
+
+    fn retired(&mut self, row: Retired<Live>) {
+        let Live {
+            job,
+            label_logits,
+            admitted,
+        } = row.tag;
+        match row.finish {
+            Some(finish) => {
+                metrics::counter!("rllr_generated_tokens_total", "model" => self.spec.model.clone())
+                    .increment(row.tokens.len() as u64);
+                let _ = job.reply.send(Ok(GenDone {
+                    tokens: row.tokens,
+                    label_logits,
+                    finish,
+                    queue: admitted.saturating_duration_since(job.enqueued),
+                    inference: admitted.elapsed(),
+                }));
+            }
+            None if job.deadline.is_some_and(|d| d <= self.now) => {
+                let _ = job.reply.send(Err(Error::DeadlineExceeded(
+                    "the deadline passed during generation".into(),
+                )));
+            }
+            None => {}
+        }
     }
 }

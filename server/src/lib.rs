@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod label_fork;
 pub mod metrics;
 pub mod models;
 pub mod policy;

@@ -425,7 +425,8 @@ impl PolicyService for PolicyApi {
         &self,
         req: Request<Streaming<v1::ClassifyRequest>>,
     ) -> std::result::Result<Response<Self::ClassifyBatchStream>, Status> {
-        self.state.auth.check(req.metadata(), Role::User)?;
+        self.state
+            .authorize(req.metadata(), "classify_batch", Role::User)?;
         let deadline = state::deadline(req.metadata());
         let s = crate::stream::ordered(
             self.state.clone(),

@@ -22,8 +22,8 @@ use crate::batcher::{self, BatchSettings, QueueSender};
 use crate::config::ServerConfig;
 use crate::engine::{self, EngineSpec};
 use crate::error::{Error, Result};
+use crate::label_fork::{label_fork, LabelFork};
 use crate::revision::HashCache;
-use crate::text::{label_fork, LabelFork};
 
 /// A served model: what requests need to validate and tokenize, and its worker's queue.
 pub struct ModelEntry {

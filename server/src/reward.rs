@@ -289,7 +289,8 @@ impl RewardService for RewardApi {
         &self,
         req: Request<Streaming<v1::ScoreRequest>>,
     ) -> std::result::Result<Response<Self::ScoreStreamStream>, Status> {
-        self.state.auth.check(req.metadata(), Role::User)?;
+        self.state
+            .authorize(req.metadata(), "score_stream", Role::User)?;
         let deadline = state::deadline(req.metadata());
         let s = crate::stream::ordered(
             self.state.clone(),

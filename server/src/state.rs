@@ -85,21 +85,26 @@ impl AppState {
     /// Start a unary call: authenticate, take a permit without waiting (RESOURCE_EXHAUSTED when
     /// `max_concurrent_requests` are in flight), read the deadline.
     pub fn begin(&self, md: &MetadataMap, method: &'static str, role: Role) -> Result<Call> {
-        let r = self.auth.check(md, role).and_then(|_| {
-            self.permits.clone().try_acquire_owned().map_err(|_| {
-                Error::Overloaded(format!(
-                    "{} requests in flight (max_concurrent_requests)",
-                    self.cfg.max_concurrent_requests
-                ))
-            })
-        });
-        match r {
-            Ok(permit) => Ok(self.call(Some(md), method, deadline(md), Some(permit))),
-            Err(e) => {
-                record_failure(method, protocol(Some(md)), "", &e);
-                Err(e)
-            }
-        }
+        let permit = counted(
+            md,
+            method,
+            self.auth.check(md, role).and_then(|_| {
+                self.permits.clone().try_acquire_owned().map_err(|_| {
+                    Error::Overloaded(format!(
+                        "{} requests in flight (max_concurrent_requests)",
+                        self.cfg.max_concurrent_requests
+                    ))
+                })
+            }),
+        )?;
+        Ok(self.call(Some(md), method, deadline(md), Some(permit)))
+    }
+
+    /// Authenticate a call that needs `role`; a refusal is counted as a failed `method` call.
+    /// Streaming RPCs call this once for the stream (each message then starts with
+    /// [`AppState::begin_stream_item`]).
+    pub fn authorize(&self, md: &MetadataMap, method: &'static str, role: Role) -> Result<()> {
+        counted(md, method, self.auth.check(md, role))
     }
 
     fn call(
@@ -139,12 +144,17 @@ impl AppState {
 
     /// A call that takes no permit (cheap metadata RPCs).
     pub fn begin_light(&self, md: &MetadataMap, method: &'static str, role: Role) -> Result<Call> {
-        if let Err(e) = self.auth.check(md, role) {
-            record_failure(method, protocol(Some(md)), "", &e);
-            return Err(e);
-        }
+        self.authorize(md, method, role)?;
         Ok(self.call(Some(md), method, deadline(md), None))
     }
+}
+
+/// Pass `r` through, counting an error as a failed `method` call (before any model is known).
+fn counted<T>(md: &MetadataMap, method: &'static str, r: Result<T>) -> Result<T> {
+    if let Err(e) = &r {
+        record_failure(method, protocol(Some(md)), "", e);
+    }
+    r
 }
 
 impl Drop for Call {
@@ -185,34 +195,31 @@ impl Call {
 
     /// Record the outcome and turn it into a tonic response (with `x-request-id`).
     pub fn finish<T>(self, result: Result<T>) -> std::result::Result<Response<T>, Status> {
+        let v = match result {
+            Ok(v) => v,
+            Err(e) => return Err(self.fail(e)),
+        };
+        let (elapsed, model) = self.record_duration();
+        let proto = self.protocol;
+        metrics::counter!("rllr_requests_total", "method" => self.method, "protocol" => proto, "model" => model.clone())
+            .increment(1);
+        metrics::counter!("rllr_request_success_total", "method" => self.method, "protocol" => proto, "model" => model)
+            .increment(1);
+        tracing::debug!(request_id = %self.id, method = self.method, ms = elapsed.as_millis() as u64, "ok");
+        let mut r = Response::new(v);
+        if let Ok(v) = self.id.parse() {
+            r.metadata_mut().insert("x-request-id", v);
+        }
+        Ok(r)
+    }
+
+    /// Record the call's duration; returns it and the `model` label.
+    fn record_duration(&self) -> (Duration, String) {
         let elapsed = self.start.elapsed();
         let model = self.model_label();
-        let proto = self.protocol;
-        metrics::histogram!("rllr_request_duration_seconds", "method" => self.method, "protocol" => proto, "model" => model.clone())
+        metrics::histogram!("rllr_request_duration_seconds", "method" => self.method, "protocol" => self.protocol, "model" => model.clone())
             .record(elapsed.as_secs_f64());
-        match result {
-            Ok(v) => {
-                metrics::counter!("rllr_requests_total", "method" => self.method, "protocol" => proto, "model" => model.clone())
-                    .increment(1);
-                metrics::counter!("rllr_request_success_total", "method" => self.method, "protocol" => proto, "model" => model)
-                    .increment(1);
-                tracing::debug!(request_id = %self.id, method = self.method, ms = elapsed.as_millis() as u64, "ok");
-                let mut r = Response::new(v);
-                if let Ok(v) = self.id.parse() {
-                    r.metadata_mut().insert("x-request-id", v);
-                }
-                Ok(r)
-            }
-            Err(e) => {
-                record_failure(self.method, proto, &model, &e);
-                tracing::info!(request_id = %self.id, method = self.method, error = %e, "request failed");
-                let mut status: Status = e.into();
-                if let Ok(v) = self.id.parse() {
-                    status.metadata_mut().insert("x-request-id", v);
-                }
-                Err(status)
-            }
-        }
+        (elapsed, model)
     }
 
     /// Run `fut` under this call's deadline: past it, DEADLINE_EXCEEDED and `fut` (with any work it
@@ -230,12 +237,16 @@ impl Call {
         }
     }
 
-    /// Record a failure and return its status.
+    /// Record a failure and return its status (with `x-request-id`).
     pub fn fail(self, e: Error) -> Status {
-        match self.finish::<()>(Err(e)) {
-            Err(s) => s,
-            Ok(_) => Status::internal("a failure turned into a success"),
+        let (_, model) = self.record_duration();
+        record_failure(self.method, self.protocol, &model, &e);
+        tracing::info!(request_id = %self.id, method = self.method, error = %e, "request failed");
+        let mut status: Status = e.into();
+        if let Ok(v) = self.id.parse() {
+            status.metadata_mut().insert("x-request-id", v);
         }
+        status
     }
 
     /// Outcome of one stream message, as a status.

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+use crate::error::Error;
 use crate::state::{AppState, Call};
 
 /// Messages of one stream in progress at once.
@@ -39,9 +40,9 @@ where
     let out = tx.clone();
     tokio::spawn(async move {
         while let Some(h) = order_rx.recv().await {
-            let r = h
-                .await
-                .unwrap_or_else(|e| Err(Status::internal(format!("stream item task failed: {e}"))));
+            let r = h.await.unwrap_or_else(|e| {
+                Err(Error::Internal(format!("stream item task failed: {e}")).into())
+            });
             let failed = r.is_err();
             if out.send(r).await.is_err() || failed {
                 break;
