@@ -5,11 +5,16 @@
 //! later. Backoff grows geometrically so a struggling server is not hammered, jitter spreads the
 //! retries of many clients apart, and no sleep ever runs past the deadline: a retry that could not
 //! start before it fails at once with [`Error::DeadlineExceeded`].
+//!
+//! The backoff schedule and the retry loop are `backon`'s ([`ExponentialBuilder`], [`Retryable`]);
+//! this module adds what is rllr's: which gRPC codes retry, the deadline (each attempt is cut at
+//! it, and a wait that would end past it gives up instead) and the error that says so.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::time::Duration;
 
-use rand::Rng;
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
@@ -20,24 +25,26 @@ use crate::error::{Error, Result};
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1 = never retry).
     pub max_attempts: u32,
-    /// Wait before the first retry.
+    /// Base wait before the first retry.
     pub initial_backoff: Duration,
-    /// Longest wait between two attempts.
+    /// Largest base wait: the base stops growing here.
     pub max_backoff: Duration,
-    /// Factor by which the wait grows after each failure.
-    pub multiplier: f64,
-    /// Fraction of each wait drawn at random: the wait is `b * (1 - jitter * u)`, u in [0, 1).
-    pub jitter: f64,
+    /// Factor by which the base wait grows after each failure.
+    pub multiplier: f32,
+    /// Add a random part to each wait so many clients do not retry in step: the wait is drawn
+    /// from `[b, 2b)` for the base `b` (`backon`'s jitter), so with the defaults the first retry
+    /// waits 50–100 ms and the longest 2.5–5 s.
+    pub jitter: bool,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(2500),
             multiplier: 2.0,
-            jitter: 0.5,
+            jitter: true,
         }
     }
 }
@@ -54,6 +61,12 @@ pub fn is_retryable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::ResourceExhausted)
 }
 
+/// Why one attempt failed: the server's status, or the deadline passed while it ran.
+enum Failure {
+    Status(Status),
+    Deadline,
+}
+
 impl RetryPolicy {
     /// A policy that never retries.
     pub fn none() -> Self {
@@ -63,20 +76,28 @@ impl RetryPolicy {
         }
     }
 
-    /// The wait after the `failures`-th consecutive failure (1-based), jitter applied.
-    pub fn backoff(&self, failures: u32) -> Duration {
-        let exp = self
-            .multiplier
-            .max(1.0)
-            .powi(failures.saturating_sub(1).min(64) as i32);
-        let base = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
-        let j = self.jitter.clamp(0.0, 1.0);
-        let u: f64 = if j > 0.0 {
-            rand::rng().random::<f64>()
+    /// The backoff schedule: one wait per retry, `max_attempts - 1` of them.
+    fn schedule(&self) -> ExponentialBuilder {
+        let b = ExponentialBuilder::new()
+            .with_min_delay(self.initial_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_factor(self.multiplier.max(1.0))
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize);
+        if self.jitter {
+            b.with_jitter()
         } else {
-            0.0
-        };
-        Duration::from_secs_f64(base * (1.0 - j * u))
+            b
+        }
+    }
+
+    /// The wait after the `failures`-th consecutive failure (1-based), jitter applied; for loops
+    /// that reconnect rather than retry one call (a batch stream).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        self.schedule()
+            .without_max_times()
+            .build()
+            .nth(failures.saturating_sub(1) as usize)
+            .unwrap_or(self.max_backoff)
     }
 
     /// Run `op` until it succeeds, fails with a code that is not retryable, runs out of attempts,
@@ -86,38 +107,59 @@ impl RetryPolicy {
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
-        let mut number = 0;
-        let mut last: Option<Status> = None;
-        loop {
-            number += 1;
+        let attempts = Cell::new(0u32);
+        // The status of the last failed attempt, for the deadline error.
+        let last: Cell<Option<Status>> = Cell::new(None);
+        let out_of_time = Cell::new(false);
+        let attempt = || {
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if remaining == Some(Duration::ZERO) {
-                return Err(deadline_error(number - 1, last));
+            // An attempt that cannot start before the deadline is not made (nor counted).
+            let fut = (remaining != Some(Duration::ZERO)).then(|| {
+                let number = attempts.get() + 1;
+                attempts.set(number);
+                op(Attempt { number, remaining })
+            });
+            async move {
+                let Some(fut) = fut else {
+                    return Err(Failure::Deadline);
+                };
+                let res = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, fut)
+                        .await
+                        .map_err(|_| Failure::Deadline)?,
+                    None => fut.await,
+                };
+                res.map_err(Failure::Status)
             }
-            let fut = op(Attempt { number, remaining });
-            let res = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, fut).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(deadline_error(number, last)),
-                },
-                None => fut.await,
-            };
-            let status = match res {
-                Ok(v) => return Ok(v),
-                Err(s) => s,
-            };
-            if !is_retryable(status.code()) || number >= self.max_attempts {
-                return Err(status.into());
-            }
-            let wait = self.backoff(number);
-            if let Some(d) = deadline {
-                if Instant::now() + wait >= d {
-                    return Err(deadline_error(number, Some(status)));
+        };
+        let res = attempt
+            .retry(self.schedule())
+            .sleep(tokio::time::sleep)
+            .when(|f| matches!(f, Failure::Status(s) if is_retryable(s.code())))
+            .adjust(|f, wait| {
+                let wait = wait?;
+                if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                    out_of_time.set(true);
+                    return None;
                 }
+                if let Failure::Status(s) = f {
+                    tracing::debug!(attempt = attempts.get(), code = ?s.code(), ?wait, "retrying");
+                }
+                Some(wait)
+            })
+            .notify(|f, _| {
+                if let Failure::Status(s) = f {
+                    last.set(Some(s.clone()));
+                }
+            })
+            .await;
+        match res {
+            Ok(v) => Ok(v),
+            Err(Failure::Status(s)) if out_of_time.get() => {
+                Err(deadline_error(attempts.get(), Some(s)))
             }
-            tracing::debug!(attempt = number, code = ?status.code(), ?wait, "retrying");
-            last = Some(status);
-            tokio::time::sleep(wait).await;
+            Err(Failure::Status(s)) => Err(s.into()),
+            Err(Failure::Deadline) => Err(deadline_error(attempts.get(), last.take())),
         }
     }
 }
@@ -144,22 +186,47 @@ mod tests {
             initial_backoff: Duration::from_millis(40),
             max_backoff: Duration::from_secs(10),
             multiplier: 2.0,
-            jitter: 0.0,
+            jitter: false,
         }
     }
 
+    /// A wait in whole milliseconds (backon computes in f32 seconds, so 80 ms may be 79.99998).
+    fn ms(d: Duration) -> u128 {
+        (d.as_secs_f64() * 1e3).round() as u128
+    }
+
     #[test]
-    fn backoff_grows_caps_and_jitters_downwards() {
+    fn backoff_grows_and_caps() {
         let p = policy(10);
-        let ms = |f| p.backoff(f).as_millis();
-        assert_eq!((ms(1), ms(2), ms(3), ms(4)), (40, 80, 160, 320));
-        assert_eq!(ms(40), 10_000);
-        let j = RetryPolicy { jitter: 0.5, ..p };
+        let w = |f| ms(p.backoff(f));
+        assert_eq!((w(1), w(2), w(3), w(4)), (40, 80, 160, 320));
+        assert_eq!(w(40), 10_000);
+    }
+
+    #[test]
+    fn jitter_draws_each_wait_from_base_to_twice_base() {
+        let j = RetryPolicy {
+            jitter: true,
+            ..policy(10)
+        };
+        let mut seen_above_base = false;
         for f in 1..8 {
-            let full = policy(1).backoff(f);
-            let b = j.backoff(f);
-            assert!(b <= full && b >= full / 2, "{b:?} vs {full:?}");
+            for _ in 0..20 {
+                let base = ms(policy(1).backoff(f));
+                let b = ms(j.backoff(f));
+                assert!(b >= base && b <= 2 * base, "{b} vs base {base}");
+                seen_above_base |= b > base;
+            }
         }
+        assert!(seen_above_base, "jitter never moved a wait");
+    }
+
+    #[test]
+    fn default_policy_keeps_its_documented_range() {
+        // 50 ms base, jitter up to 2x: the first retry waits 50-100 ms, the longest 2.5-5 s.
+        let p = RetryPolicy::default();
+        assert!((50..=100).contains(&ms(p.backoff(1))));
+        assert!((2500..=5000).contains(&ms(p.backoff(30))));
     }
 
     #[tokio::test]
