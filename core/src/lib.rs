@@ -10,9 +10,6 @@ pub mod dataset;
 pub mod device;
 pub mod error;
 pub mod fsutil;
-mod fused;
-#[cfg(test)]
-mod fused_determinism;
 pub mod generate;
 pub mod gguf;
 pub mod response;
@@ -30,6 +27,7 @@ pub mod loss;
 pub mod manifest;
 pub mod model;
 pub mod numerics;
+pub mod ops;
 pub mod rope;
 
 pub use batch::{Batch, PaddingSide};
