@@ -11,9 +11,6 @@ pub mod decode;
 pub mod device;
 pub mod error;
 pub mod fsutil;
-mod fused;
-#[cfg(test)]
-mod fused_determinism;
 pub mod generate;
 pub mod gguf;
 pub mod response;
@@ -31,6 +28,7 @@ pub mod loss;
 pub mod manifest;
 pub mod model;
 pub mod numerics;
+pub mod ops;
 pub mod rope;
 
 pub use batch::{Batch, PaddingSide};

@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+pub use crate::ops::dropout;
 use crate::{Error, Result};
 
 /// Hyper-parameters of one adapter; serialised as PEFT's `adapter_config.json` fields.
@@ -170,7 +171,7 @@ impl LoraLinear {
     /// `x·Wᵀ (+ b) (+ scale · dropout(x)·Aᵀ·Bᵀ)` for x of shape (..., in).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let (x2, dims) = rows(x)?;
-        let y = crate::fused::frozen_linear(&x2, &self.weight)?;
+        let y = crate::ops::frozen_linear(&x2, &self.weight)?;
         self.finish(&x2, y, dims, ctx)
     }
 
@@ -184,11 +185,11 @@ impl LoraLinear {
     ) -> Result<[Tensor; N]> {
         let (x2, dims) = rows(x)?;
         let weights = lins.map(|l| &l.weight);
-        let bases = match crate::fused::frozen_linear_many(&x2, &weights)? {
+        let bases = match crate::ops::frozen_linear_many(&x2, &weights)? {
             Some(b) => b,
             None => weights
                 .iter()
-                .map(|w| crate::fused::frozen_linear(&x2, w))
+                .map(|w| crate::ops::frozen_linear(&x2, w))
                 .collect::<candle_core::Result<Vec<_>>>()?,
         };
         let outs = lins
@@ -314,18 +315,6 @@ impl LoraLinear {
     }
 }
 
-/// Inverted dropout with a mask drawn from `seed` (deterministic, so resumed runs replay exactly).
-pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
-    if crate::fused::fusable(x) {
-        return Ok(crate::fused::dropout(x, p, seed)?);
-    }
-    let mask = dropout_mask(x.elem_count(), p, seed);
-    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
-        .to_device(x.device())?
-        .to_dtype(x.dtype())?;
-    Ok(x.mul(&mask)?)
-}
-
 /// x (..., in) as (rows, in), and x's dims.
 fn rows(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
     let dims = x.dims().to_vec();
@@ -333,15 +322,6 @@ fn rows(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
         .last()
         .ok_or_else(|| Error::Input("linear input has no dims".into()))?;
     Ok((x.reshape((x.elem_count() / in_dim, in_dim))?, dims))
-}
-
-/// The inverted-dropout multipliers for `n` elements: 0 with probability `p`, else 1 / (1 − p).
-pub(crate) fn dropout_mask(n: usize, p: f32, seed: u64) -> Vec<f32> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let keep = 1.0 / (1.0 - p);
-    (0..n)
-        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-        .collect()
 }
 
 /// FNV-1a: a stable per-module salt for dropout seeds.
@@ -353,6 +333,8 @@ fn hash_str(s: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use candle_core::Device;
+
     use super::*;
 
     fn layer() -> LoraLinear {

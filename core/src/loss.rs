@@ -6,7 +6,8 @@
 
 use candle_core::{DType, Tensor, D};
 
-use crate::{Error, Result};
+pub(crate) use crate::ops::check_positions;
+use crate::Result;
 
 /// Mean over masked positions of `-log softmax(logits)[target]`.
 ///
@@ -19,32 +20,7 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) ->
     let logits = logits.reshape((n, v))?.to_dtype(DType::F32)?;
     let targets = targets.reshape(n)?.to_dtype(DType::U32)?;
     let mask = mask.reshape(n)?.to_dtype(DType::F32)?;
-    if crate::fused::fusable(&logits) {
-        return Ok(crate::fused::masked_cross_entropy(
-            &logits, &targets, &mask,
-        )?);
-    }
-    composite(&logits, &targets.unsqueeze(1)?, &mask)
-}
-
-/// `targets` and `mask` must hold one entry per position of the `n` positions of `what`.
-pub(crate) fn check_positions(what: &str, n: usize, targets: &Tensor, mask: &Tensor) -> Result<()> {
-    if targets.elem_count() != n || mask.elem_count() != n {
-        return Err(Error::Input(format!(
-            "cross-entropy: {n} positions of {what}, {} targets, {} mask entries",
-            targets.elem_count(),
-            mask.elem_count()
-        )));
-    }
-    Ok(())
-}
-
-/// The reference path (plain candle ops): log-softmax, gather, masked mean; targets (N, 1).
-pub(crate) fn composite(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let nll = logp.gather(targets, 1)?.squeeze(1)?.neg()?;
-    let count = mask.sum_all()?.maximum(1f32)?;
-    Ok((nll * mask)?.sum_all()?.div(&count)?)
+    crate::ops::masked_cross_entropy(&logits, &targets, &mask)
 }
 
 #[cfg(test)]

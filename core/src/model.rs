@@ -13,14 +13,12 @@ use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::VarBuilder;
 
 use crate::batch::Batch;
-use crate::fused;
 use crate::kv_cache::KvCache;
 use crate::lora::{ForwardCtx, LoraConfig, LoraLinear};
+use crate::ops;
+pub use crate::ops::attention_bias;
 use crate::rope::{self, Rope};
 use crate::{Config, Error, Result};
-
-/// Masked attention logits get this instead of -inf, so a fully masked (pad) row never yields NaN.
-pub(crate) const MASKED: f32 = -1e30;
 
 /// Root-mean-square layer norm, computed in f32 as transformers does.
 pub struct RmsNorm {
@@ -38,38 +36,8 @@ impl RmsNorm {
 
     /// `w · x / sqrt(mean(x²) + eps)`, differentiable.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if fused::fusable(x) && fused::fusable(&self.weight) {
-            return Ok(fused::rms_norm(x, &self.weight, self.eps)?);
-        }
-        rms_norm_composite(x, &self.weight, self.eps)
+        ops::rms_norm(x, &self.weight, self.eps)
     }
-}
-
-/// RMSNorm from plain candle ops: the non-CPU path and the fused kernel's reference.
-pub(crate) fn rms_norm_composite(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let xf = x.to_dtype(DType::F32)?;
-    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
-}
-
-/// `softmax(scale·scores + bias)` from plain candle ops, in f32; scores (B, G, L, T), bias
-/// (B, 1, L, T): the non-CPU path and the fused kernel's reference.
-pub(crate) fn masked_softmax_composite(
-    scores: &Tensor,
-    bias: &Tensor,
-    scale: f64,
-) -> Result<Tensor> {
-    let scores = (scores * scale)?
-        .to_dtype(DType::F32)?
-        .broadcast_add(bias)?;
-    Ok(candle_nn::ops::softmax(&scores, D::Minus1)?)
-}
-
-/// `silu(gate) · up` from plain candle ops.
-pub(crate) fn swiglu_composite(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    Ok((gate.silu()? * up)?)
 }
 
 fn linear(vb: &VarBuilder, name: &str, out: usize, inp: usize, bias: bool) -> Result<LoraLinear> {
@@ -135,31 +103,8 @@ impl Attention {
             (k, v) = cache.append(layer, &k, &v)?;
         }
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        if fused::infer_attention_fits(&q, &k, &v)? {
-            let bias = bias.reshape((b, l, k.dim(2)?))?;
-            let out = fused::infer_attention(&q, &k, &v, &bias, scale)?;
-            // (B, H, L, D) → (B, L, H·D); for a decode step (L = 1) that is a free reshape.
-            let out = out
-                .transpose(1, 2)?
-                .reshape((b, l, self.n_heads * self.head_dim))?;
-            return self.o_proj.forward(&out, ctx);
-        }
-        // Grouped-query attention without copying K/V: view the query heads that share a KV head
-        // as one longer sequence, (B, KV, rep·L, D).
-        let rep = self.n_heads / self.n_kv;
-        let t = k.dim(2)?;
-        let qg = q.reshape((b, self.n_kv, rep * l, self.head_dim))?;
-        let out = if fused::fusable(&qg) && fused::fusable(&k) && fused::fusable(&v) {
-            fused::attention(&qg, &k, &v, &bias.reshape((b, l, t))?, scale, self.n_heads)?
-        } else {
-            let scores = qg.matmul(&k.t()?)?.reshape((b, self.n_heads, l, t))?;
-            let probs = masked_softmax_composite(&scores, &bias.reshape((b, 1, l, t))?, scale)?
-                .to_dtype(v.dtype())?
-                .reshape((b, self.n_kv, rep * l, t))?;
-            probs.matmul(&v)?
-        };
-        let out = out.reshape((b, self.n_heads, l, self.head_dim))?;
-        let out = out
+        // (B, H, L, D) → (B, L, H·D); for a decode step (L = 1) that is a free reshape.
+        let out = ops::attention(&q, &k, &v, bias, scale)?
             .transpose(1, 2)?
             .reshape((b, l, self.n_heads * self.head_dim))?;
         self.o_proj.forward(&out, ctx)
@@ -185,11 +130,7 @@ impl Mlp {
     /// SwiGLU: `down(silu(gate(x)) · up(x))`.
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let [gate, up] = LoraLinear::forward_many([&self.gate_proj, &self.up_proj], x, ctx)?;
-        let h = if fused::fusable(&gate) {
-            fused::swiglu(&gate, &up)?
-        } else {
-            swiglu_composite(&gate, &up)?
-        };
+        let h = ops::swiglu(&gate, &up)?;
         self.down_proj.forward(&h, ctx)
     }
 }
@@ -396,7 +337,7 @@ impl Llama {
             .last()
             .ok_or_else(|| Error::Input("empty hidden states".into()))?;
         let flat = h.reshape((h.elem_count() / hidden, hidden))?;
-        let logits = fused::frozen_linear(&flat, w)?.to_dtype(DType::F32)?;
+        let logits = ops::frozen_linear(&flat, w)?.to_dtype(DType::F32)?;
         let mut out = dims;
         *out.last_mut().expect("non-empty") = self.config.vocab_size;
         Ok(logits.reshape(out)?)
@@ -409,16 +350,10 @@ impl Llama {
     /// memory on a large vocabulary.
     pub fn lm_cross_entropy(&self, h: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        if !(fused::fusable(h) && fused::fusable(w)) || w.track_op() {
-            return crate::loss::masked_cross_entropy(&self.lm_logits(h)?, targets, mask);
+        match ops::linear_cross_entropy(h, w, targets, mask)? {
+            Some(loss) => Ok(loss),
+            None => crate::loss::masked_cross_entropy(&self.lm_logits(h)?, targets, mask),
         }
-        let hidden = h.dim(D::Minus1)?;
-        let n = h.elem_count() / hidden;
-        crate::loss::check_positions("hidden states", n, targets, mask)?;
-        let targets = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
-        let mask = mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-        let flat = h.reshape((n, hidden))?;
-        Ok(fused::linear_cross_entropy(&flat, w, targets, mask)?)
     }
 
     /// Rows of `h` (B, L, hidden) at column `cols[b]` of each row → (B, hidden).
@@ -765,34 +700,6 @@ impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         RmsNorm::forward(self, xs).map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
-}
-
-/// Additive attention bias (B, 1, 1, L, T): 0 where query `q` may see key `k` — the key is real,
-/// not in the future (`pos_k ≤ pos_q`) and inside the sliding window — else a large negative.
-pub fn attention_bias(
-    q_pos: &[Vec<u32>],
-    k_pos: &[Vec<u32>],
-    k_valid: &[Vec<bool>],
-    window: Option<usize>,
-    device: &Device,
-) -> Result<Tensor> {
-    let b = q_pos.len();
-    let l = q_pos.first().map(Vec::len).unwrap_or(0);
-    let t = k_pos.first().map(Vec::len).unwrap_or(0);
-    let mut bias = Vec::with_capacity(b * l * t);
-    for r in 0..b {
-        for &qp in &q_pos[r] {
-            for (&kp, &kv) in k_pos[r].iter().zip(&k_valid[r]) {
-                let in_window = window.is_none_or(|w| (qp as usize) < kp as usize + w);
-                bias.push(if kv && kp <= qp && in_window {
-                    0.0
-                } else {
-                    MASKED
-                });
-            }
-        }
-    }
-    Ok(Tensor::from_vec(bias, (b, 1, 1, l, t), device)?)
 }
 
 /// Every base tensor a checkpoint of `cfg` holds, with its shape (HF names).

@@ -6,7 +6,8 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::{fused, Config, Error, Result};
+pub use crate::ops::rope::{apply, apply_heads};
+use crate::{Config, Error, Result};
 
 /// cos/sin tables for every position up to `max_position_embeddings`.
 pub struct Rope {
@@ -89,26 +90,6 @@ impl Rope {
         };
         Ok((gather(&self.cos)?, gather(&self.sin)?))
     }
-}
-
-/// RoPE on heads straight from a projection: x (B, L, H, D) → (B, H, L, D), tables (B, 1, L, D).
-/// On the CPU in f32 the rotation and the transpose are one fused kernel with a backward.
-pub fn apply_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (b, l, _, d) = x.dims4()?;
-    if fused::fusable(x) && fused::fusable(cos) && fused::fusable(sin) {
-        let table = |t: &Tensor| t.reshape((b, l, d));
-        return Ok(fused::rope_transposed(x, &table(cos)?, &table(sin)?)?);
-    }
-    apply(&x.transpose(1, 2)?.contiguous()?, cos, sin)
-}
-
-/// `x·cos + rotate_half(x)·sin` for x of shape (B, H, L, D) and tables (B, 1, L, D).
-pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
 #[cfg(test)]

@@ -296,6 +296,9 @@ mod imp {
         for r in 0..NB {
             full[r][..MB].copy_from_slice(&acc[r]);
         }
+        // SAFETY: `__m512` and `[f32; 16]` are both 64 bytes and `__m512` is sixteen f32 lanes in
+        // memory order (lane i at index i); every bit pattern is a valid f32, so the transmute is a
+        // plain by-value reinterpretation (no alignment or validity requirement on the result).
         let sums: [f32; 16] = std::mem::transmute(reduce_4x4(&full));
         for c in 0..MB {
             for r in 0..NB {

@@ -8,11 +8,12 @@
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
+use super::MASKED;
+use super::{cross_entropy, rms_norm, rope, softmax, swiglu};
 use crate::batch::{Batch, PaddingSide};
-use crate::fused;
 use crate::kv_cache::KvCache;
 use crate::lora::ForwardCtx;
-use crate::model::{Llama, MASKED};
+use crate::model::Llama;
 use crate::Config;
 
 /// Row width: odd, and 8 rows of it cross `PAR_MIN` (row-parallel) while 1 and 3 do not.
@@ -113,7 +114,7 @@ fn assert_row_stable(
 
 #[test]
 fn rms_norm_is_row_deterministic() {
-    let f = |t: &[Tensor]| fused::rms_norm(&t[0], &t[1], 1e-5).unwrap();
+    let f = |t: &[Tensor]| rms_norm::fused(&t[0], &t[1], 1e-5).unwrap();
     assert_row_stable(
         "rms_norm",
         &f,
@@ -125,7 +126,7 @@ fn rms_norm_is_row_deterministic() {
 
 #[test]
 fn swiglu_is_row_deterministic() {
-    let f = |t: &[Tensor]| fused::swiglu(&t[0], &t[1]).unwrap();
+    let f = |t: &[Tensor]| swiglu::fused(&t[0], &t[1]).unwrap();
     let targets = [rand(&[1, W], 3), rand(&[1, W], 4)];
     assert_row_stable("swiglu", &f, &targets, &[], &[1, W]);
 }
@@ -134,7 +135,7 @@ fn swiglu_is_row_deterministic() {
 fn rope_is_row_deterministic() {
     // One sequence of 11 tokens, 7 heads of 64: (1, L, H, D) → (1, H, L, D).
     let (l, h, d) = (11, 7, 64);
-    let f = |t: &[Tensor]| fused::rope_transposed(&t[0], &t[1], &t[2]).unwrap();
+    let f = |t: &[Tensor]| rope::fused(&t[0], &t[1], &t[2]).unwrap();
     let targets = [
         rand(&[1, l, h, d], 5),
         rand(&[1, l, d], 6),
@@ -151,7 +152,7 @@ fn masked_softmax_is_row_deterministic() {
         .map(|i| if i % t <= t - l + i / t { 0.0 } else { MASKED })
         .collect();
     let bias = Tensor::from_vec(bias, (1, l, t), &Device::Cpu).unwrap();
-    let f = |x: &[Tensor]| fused::masked_softmax(&x[0], &x[1], 0.125).unwrap();
+    let f = |x: &[Tensor]| softmax::fused(&x[0], &x[1], 0.125).unwrap();
     let targets = [rand(&[1, g, l, t], 8), bias];
     assert_row_stable("masked_softmax", &f, &targets, &[], &[1, g, l, t]);
 }
@@ -163,7 +164,7 @@ fn masked_softmax_ignores_padding_keys() {
     let (g, l, t) = (3, 5, 37);
     let scores = rand(&[1, g, l, t], 20);
     let alone = value_and_grad(
-        &|x: &[Tensor]| fused::masked_softmax(&x[0], &x[1], 0.3).unwrap(),
+        &|x: &[Tensor]| softmax::fused(&x[0], &x[1], 0.3).unwrap(),
         &[
             scores.clone(),
             Tensor::zeros((1, l, t), DType::F32, &Device::Cpu).unwrap(),
@@ -186,7 +187,7 @@ fn masked_softmax_ignores_padding_keys() {
         .unwrap();
         let r = cat(&rand(&[1, g, l, t], 21), &noise);
         let [y, dx] = value_and_grad(
-            &|x: &[Tensor]| fused::masked_softmax(&x[0], &x[1], 0.3).unwrap(),
+            &|x: &[Tensor]| softmax::fused(&x[0], &x[1], 0.3).unwrap(),
             &[cat(&scores, &noise), bias],
             &r,
         );
@@ -206,7 +207,7 @@ fn masked_cross_entropy_is_row_and_thread_deterministic() {
     let targets = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
     let mask: Vec<f32> = (0..n).map(|i| (i % 3 != 1) as u8 as f32).collect();
     let mask = Tensor::new(mask.as_slice(), &Device::Cpu).unwrap();
-    let ce = |x: &[Tensor]| fused::masked_cross_entropy(&x[0], &x[1], &x[2]).unwrap();
+    let ce = |x: &[Tensor]| cross_entropy::fused(&x[0], &x[1], &x[2]).unwrap();
     let run = |rows: usize| {
         let x = [0, 1, 2].map(|i| [&logits, &targets, &mask][i].narrow(0, 0, rows).unwrap());
         let one = Tensor::new(1f32, &Device::Cpu).unwrap();
@@ -273,7 +274,7 @@ fn decode(model: &Llama, seqs: &[Vec<u32>], at: usize, steps: usize) -> Tensor {
 /// Which of (batch of 3, batch of 8, decode vs prefill) keep a sequence's logits bit-identical
 /// to the sequence alone, and the largest |Δ| seen.
 fn model_stability(fused_on: bool) -> ([bool; 3], f32) {
-    fused::with_fused(fused_on, || {
+    super::with_fused(fused_on, || {
         let model = tiny();
         let target = prompt(7, 1);
         let others = |n: usize| -> Vec<Vec<u32>> {
@@ -361,19 +362,19 @@ fn lm_cross_entropy_matches_logits_then_cross_entropy() {
     let composite = |x: &[Tensor]| {
         let logits = model.lm_logits(&x[0]).unwrap().reshape((n, 64)).unwrap();
         let t = targets.flatten_all().unwrap().unsqueeze(1).unwrap();
-        crate::loss::composite(&logits, &t, &mask.flatten_all().unwrap()).unwrap()
+        cross_entropy::composite(&logits, &t, &mask.flatten_all().unwrap()).unwrap()
     };
-    let [lf, gf] = fused::with_fused(true, || {
+    let [lf, gf] = super::with_fused(true, || {
         value_and_grad(&fused_path, std::slice::from_ref(&h), &one)
     });
-    let [lc, gc] = fused::with_fused(false, || {
+    let [lc, gc] = super::with_fused(false, || {
         value_and_grad(&composite, std::slice::from_ref(&h), &one)
     });
     let d = |a: &Tensor, b: &Tensor| crate::numerics::max_abs_diff(a, b).unwrap();
     assert!(d(&lf, &lc) <= 1e-5, "loss {lf} vs {lc}");
     assert!(d(&gf, &gc) <= 1e-6, "grad max |Δ| {}", d(&gf, &gc));
     // Without a gradient it is the same loss, bit for bit.
-    let plain = fused::with_fused(true, || {
+    let plain = super::with_fused(true, || {
         model.lm_cross_entropy(&h, &targets, &mask).unwrap()
     });
     assert_eq!(bits(&plain), bits(&lf));

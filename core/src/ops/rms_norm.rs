@@ -1,0 +1,109 @@
+//! RMSNorm: `w · x / sqrt(mean(x²) + eps)` over the last dim, computed in f32 as transformers does.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
+
+use super::cpu::{build, dot, rows_mut, slice, storage, with_f32, CResult};
+use super::fusable;
+use crate::Result;
+
+/// RMSNorm of x (..., H) with weight (H), differentiable: the fused kernel where [`fusable`]
+/// (f32 on the CPU), else the composite.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fusable(x) && fusable(weight) {
+        return Ok(fused(x, weight, eps)?);
+    }
+    composite(x, weight, eps)
+}
+
+/// RMSNorm from plain candle ops: the non-CPU path and the fused kernel's reference.
+pub(crate) fn composite(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+}
+
+/// `y = w · x / sqrt(mean(x²) + eps)` over the last dim; x (..., H), w (H).
+struct RmsNorm {
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn inv_rms(&self, x: &[f32]) -> f32 {
+        1.0 / (dot(x, x) / x.len() as f32 + self.eps).sqrt()
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rllr-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let h = w.len();
+        let mut out = vec![0f32; x.len()];
+        rows_mut(&mut out, h, |r, y| {
+            let xr = &x[r * h..(r + 1) * h];
+            let inv = self.inv_rms(xr);
+            y.iter_mut()
+                .zip(xr)
+                .zip(w)
+                .for_each(|((y, x), w)| *y = x * inv * w);
+        });
+        Ok(storage(out, l1.shape().clone()))
+    }
+
+    /// dx = r·(w·g − x·r²·mean(w·g·x)), dw = Σ_rows g·x·r, with r = 1/rms(x).
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let h = w.elem_count();
+        with_f32(x, |xs| {
+            with_f32(w, |ws| {
+                with_f32(g, |gs| {
+                    let dx = build(x, x.shape(), h, |r, dx| {
+                        let (xr, gr) = (&xs[r * h..(r + 1) * h], &gs[r * h..(r + 1) * h]);
+                        let inv = self.inv_rms(xr);
+                        let wgx: f32 = xr.iter().zip(gr).zip(ws).map(|((x, g), w)| w * g * x).sum();
+                        let c = inv * inv * wgx / h as f32;
+                        for (((d, x), g), w) in dx.iter_mut().zip(xr).zip(gr).zip(ws) {
+                            *d = inv * (w * g - x * c);
+                        }
+                    })?;
+                    let dw = if w.track_op() {
+                        let mut acc = vec![0f32; h];
+                        for (xr, gr) in xs.chunks(h).zip(gs.chunks(h)) {
+                            let inv = self.inv_rms(xr);
+                            acc.iter_mut()
+                                .zip(xr)
+                                .zip(gr)
+                                .for_each(|((a, x), g)| *a += g * x * inv);
+                        }
+                        Some(Tensor::from_vec(acc, h, w.device())?)
+                    } else {
+                        None
+                    };
+                    Ok((Some(dx), dw))
+                })
+            })
+        })
+    }
+}
+
+/// Fused RMSNorm of x (..., H) with weight (H); f32 CPU tensors only.
+pub(crate) fn fused(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })
+}
