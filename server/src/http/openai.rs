@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
-use super::{grpc_request, list, ok_json, ApiError, ErrorBody, Http, Json};
+use super::wire::{grpc_request, list, ok_json, ApiError, ErrorBody, Http, Json};
 
 /// A chat message's content: a string, or OpenAI's list of typed parts (text parts only).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]

@@ -24,7 +24,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::{metadata, ok_json, ApiError, ErrorBody, Http, Json};
+use super::wire::{metadata, ok_json, ApiError, ErrorBody, Http, Json};
 use crate::auth::Role;
 use crate::error::{Error, Result};
 use crate::registry::ModelEntry;
