@@ -269,20 +269,8 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
         train_loop::total_steps(tc, items.len()),
         model_dir.display()
     );
-    let report = train_loop::run(
-        &loaded.model,
-        &objective,
-        &items,
-        &LoopOptions {
-            cfg: tc,
-            run_dir: &out,
-            resume: args.resume,
-            stop_after: args.stop_after,
-            fingerprint,
-            label: "sft",
-        },
-    )?
-    .finished("sft")?;
+    let opts = LoopOptions::stage("sft", tc, &out, args.resume, args.stop_after, fingerprint);
+    let report = train_loop::run_stage(&loaded.model, &objective, &items, &opts)?;
     let mut manifest = stage_manifest(
         ModelKind::Sft,
         "sft",

@@ -160,6 +160,37 @@ impl DataOrder {
     }
 }
 
+impl<'a> LoopOptions<'a> {
+    /// The options of a stage's training run (`label` also names the stage in a [`Stopped`]).
+    pub fn stage(
+        label: &'a str,
+        cfg: &'a TrainConfig,
+        run_dir: &'a Path,
+        resume: bool,
+        stop_after: Option<usize>,
+        fingerprint: Value,
+    ) -> Self {
+        LoopOptions {
+            cfg,
+            run_dir,
+            resume,
+            stop_after,
+            fingerprint,
+            label,
+        }
+    }
+}
+
+/// A stage's training run: [`run`], then [`Stopped`] if `--stop-after` ended it early.
+pub fn run_stage<O: Objective>(
+    model: &Llama,
+    objective: &O,
+    data: &[O::Item],
+    opts: &LoopOptions,
+) -> anyhow::Result<LoopReport> {
+    Ok(run(model, objective, data, opts)?.finished(opts.label)?)
+}
+
 /// Run the loop over `data` with the model's trainable variables.
 pub fn run<O: Objective>(
     model: &Llama,
