@@ -54,15 +54,65 @@ fn inp(a: &str, b: &str) -> v1::Input {
     input(a, b).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_rpc_end_to_end() {
+/// A server with the default test config plus an admin key (the end-to-end tests), its model root
+/// (kept alive with it) and clients.
+async fn serve_all() -> (
+    tempfile::TempDir,
+    rllr_server::RunningServer,
+    Reward,
+    Policy,
+    Models,
+) {
     let root = model_root();
     let mut cfg = config(root.path());
     cfg.admin_key = Some("admin".into());
     let server = start(cfg).await;
-    let (mut reward, mut policy, mut models) = clients(&url(&server)).await;
+    let (reward, policy, models) = clients(&url(&server)).await;
+    (root, server, reward, policy, models)
+}
 
-    // ModelService
+/// The two score items of the end-to-end tests.
+fn two_items() -> Vec<v1::ScoreItem> {
+    vec![
+        item(
+            "A man sleeps.",
+            "A person rests.",
+            "Sleeping is resting.",
+            "entailment",
+        ),
+        item(
+            "A dog runs.",
+            "A cat sits.",
+            "Different animals.",
+            "neutral",
+        ),
+    ]
+}
+
+/// The two-input greedy classify request of the end-to-end tests.
+fn two_inputs() -> v1::ClassifyRequest {
+    classify_req(
+        vec![
+            inp("A man sleeps.", "A person rests."),
+            inp("A dog runs.", "A cat sits."),
+        ],
+        12,
+    )
+}
+
+/// The plain score (label model only) of [`two_items`].
+async fn plain_scores(reward: &mut Reward) -> v1::ScoreResponse {
+    reward
+        .score(score_req(two_items()))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+// ModelService
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn model_service_lists_and_describes_models() {
+    let (_root, server, _, _, mut models) = serve_all().await;
     let list = models
         .list_models(v1::ListModelsRequest {})
         .await
@@ -81,22 +131,14 @@ async fn every_rpc_end_to_end() {
     assert_eq!(rm.task, "nli");
     assert!(rm.ready);
     assert_eq!(rm.limits.unwrap().max_new_tokens, 48);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
 
-    // Score: raw rewards, finite, per-item token counts; mixed = min(label, lambda) + rationale.
-    let items = vec![
-        item(
-            "A man sleeps.",
-            "A person rests.",
-            "Sleeping is resting.",
-            "entailment",
-        ),
-        item(
-            "A dog runs.",
-            "A cat sits.",
-            "Different animals.",
-            "neutral",
-        ),
-    ];
+// Score: raw rewards, finite, per-item token counts; mixed = min(label, lambda) + rationale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn score_mixes_plain_and_sigmoid_rewards() {
+    let (_root, server, mut reward, _, _) = serve_all().await;
+    let items = two_items();
     let mut req = score_req(items.clone());
     req.rationale_model = "rm2".into();
     req.lambda = Some(0.0);
@@ -129,8 +171,15 @@ async fn every_rpc_end_to_end() {
         .into_inner();
     let s = 1.0 / (1.0 + (-plain.rewards[1].label_reward).exp());
     assert!((sig.rewards[1].label_reward - s).abs() < 1e-6);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
 
-    // ScoreStream: in order, same values as unary.
+// ScoreStream: in order, same values as unary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn score_stream_answers_in_order_like_unary() {
+    let (_root, server, mut reward, _, _) = serve_all().await;
+    let items = two_items();
+    let plain = plain_scores(&mut reward).await;
     let reqs: Vec<v1::ScoreRequest> = (0..5)
         .map(|i| score_req(vec![items[i % 2].clone()]))
         .collect();
@@ -150,8 +199,14 @@ async fn every_rpc_end_to_end() {
             "stream item {i} out of order"
         );
     }
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
 
-    // Compare: sigmoid(r_a - r_b).
+// Compare: sigmoid(r_a - r_b).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compare_is_sigmoid_of_the_reward_difference() {
+    let (_root, server, mut reward, _, _) = serve_all().await;
+    let plain = plain_scores(&mut reward).await;
     let cmp = reward
         .compare(v1::CompareRequest {
             input: input("A man sleeps.", "A person rests."),
@@ -175,15 +230,14 @@ async fn every_rpc_end_to_end() {
     );
     assert!((cmp.probability_a - 1.0 / (1.0 + (b - a).exp())).abs() < 1e-6);
     assert!((a - plain.rewards[0].label_reward).abs() < 1e-5);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
 
-    // Classify (greedy): deterministic, token counts, finish reasons.
-    let creq = classify_req(
-        vec![
-            inp("A man sleeps.", "A person rests."),
-            inp("A dog runs.", "A cat sits."),
-        ],
-        12,
-    );
+// Classify (greedy): deterministic, token counts, finish reasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn classify_greedy_is_deterministic() {
+    let (_root, server, _, mut policy, _) = serve_all().await;
+    let creq = two_inputs();
     let c1 = policy.classify(creq.clone()).await.unwrap().into_inner();
     assert_eq!(c1.results.len(), 2);
     for r in &c1.results {
@@ -194,10 +248,15 @@ async fn every_rpc_end_to_end() {
     assert!(c1.metadata.unwrap().generated_tokens >= 2);
     let c2 = policy.classify(creq.clone()).await.unwrap().into_inner();
     assert_eq!(c1.results[0].text, c2.results[0].text);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
 
-    // ClassifyStream: the streamed tokens spell the final text, which is the unary answer to the
-    // same single-input request (the same batch shape: a row's logits are not bit-identical across
-    // batch shapes, so greedy decoding may split differently on a near-tie in a padded batch).
+// ClassifyStream: the streamed tokens spell the final text, which is the unary answer to the
+// same single-input request (the same batch shape: a row's logits are not bit-identical across
+// batch shapes, so greedy decoding may split differently on a near-tie in a padded batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn classify_stream_spells_the_unary_answer() {
+    let (_root, server, _, mut policy, _) = serve_all().await;
     let single = classify_req(vec![inp("A man sleeps.", "A person rests.")], 12);
     let unary = policy.classify(single.clone()).await.unwrap().into_inner();
     let mut s = policy.classify_stream(single).await.unwrap().into_inner();
@@ -211,8 +270,14 @@ async fn every_rpc_end_to_end() {
     let last = last.expect("a final result");
     assert_eq!(last.results[0].text, unary.results[0].text);
     assert_eq!(streamed, last.results[0].text);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
 
-    // ClassifyBatch: order preserved.
+// ClassifyBatch: order preserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn classify_batch_preserves_order() {
+    let (_root, server, _, mut policy, _) = serve_all().await;
+    let c1 = policy.classify(two_inputs()).await.unwrap().into_inner();
     let batch: Vec<_> = (0..4)
         .map(|i| {
             classify_req(
@@ -236,15 +301,27 @@ async fn every_rpc_end_to_end() {
         i += 1;
     }
     assert_eq!(i, 4);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
 
-    // Best-of-n: sampled, reranked by the reward model.
+// Best-of-n: sampled, reranked by the reward model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn best_of_n_is_reranked_by_the_reward_model() {
+    let (_root, server, _, mut policy, _) = serve_all().await;
     let mut bo = classify_req(vec![inp("A man sleeps.", "A person rests.")], 8);
     bo.best_of_n = 3;
     bo.label_model = "rm".into();
     let r = policy.classify(bo).await.unwrap().into_inner();
     assert_eq!(r.results.len(), 1);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
 
-    // Load (hot reload with replace) and unload, with the admin token.
+// Load (hot reload with replace) and unload, with the admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn load_replace_and_unload_with_the_admin_token() {
+    let (_root, server, mut reward, _, mut models) = serve_all().await;
+    let items = two_items();
+    let plain = plain_scores(&mut reward).await;
     fn admin<T>(m: T) -> Request<T> {
         let mut r = Request::new(m);
         r.metadata_mut()
@@ -287,8 +364,13 @@ async fn every_rpc_end_to_end() {
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
 
-    // Health per service and reflection.
+// Health per service and reflection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_per_service_and_reflection() {
+    let (_root, server, _, _, _) = serve_all().await;
     let ch = tonic::transport::Endpoint::from_shared(url(&server))
         .unwrap()
         .connect()
@@ -342,8 +424,21 @@ async fn every_rpc_end_to_end() {
     ] {
         assert!(svcs.contains(&s), "{s} missing from reflection: {svcs:?}");
     }
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
 
-    // Metrics endpoint: every family present.
+// Metrics endpoint: every family present. The recorder is shared by the whole test process, so
+// this test makes the score (mixed, with a rationale model) and classify calls whose families it
+// checks itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_endpoint_has_every_family() {
+    let (_root, server, mut reward, mut policy, _) = serve_all().await;
+    let mut req = score_req(two_items());
+    req.rationale_model = "rm2".into();
+    req.lambda = Some(0.0);
+    reward.score(req).await.unwrap();
+    plain_scores(&mut reward).await;
+    policy.classify(two_inputs()).await.unwrap();
     let body = rllr_server::testutil::scrape(server.metrics_addr.unwrap()).await;
     for name in [
         "rllr_requests_total",
@@ -547,217 +642,192 @@ async fn overload_sheds_load_and_stays_healthy() {
     server.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bad_inputs_get_precise_statuses() {
+/// A server with the bad-input test config (token and item limits, user and admin keys), its
+/// model root (kept alive with it) and clients.
+async fn serve_strict() -> (
+    tempfile::TempDir,
+    rllr_server::RunningServer,
+    Reward,
+    Policy,
+    Models,
+) {
     let root = model_root();
-    let outside = tempfile::tempdir().unwrap();
-    write_model(
-        outside.path(),
-        "evil",
-        rllr_core::manifest::ModelKind::Reward,
-        9,
-        "plain",
-    );
     let mut cfg = config(root.path());
     cfg.max_input_tokens = 300;
     cfg.max_items_per_request = 4;
     cfg.api_key = Some("user".into());
     cfg.admin_key = Some("admin".into());
     let server = start(cfg).await;
-    let (mut reward, mut policy, mut models) = clients(&url(&server)).await;
-    fn auth<T>(m: T, token: &str) -> Request<T> {
-        let mut r = Request::new(m);
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        r
+    let (reward, policy, models) = clients(&url(&server)).await;
+    (root, server, reward, policy, models)
+}
+
+fn auth<T>(m: T, token: &str) -> Request<T> {
+    let mut r = Request::new(m);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// The valid score item the bad-input cases start from.
+fn ok_item() -> v1::ScoreItem {
+    item("A man sleeps.", "A person rests.", "r", "entailment")
+}
+
+/// A bad-input case: its name, what the RPC returned, and the status code and message fragment
+/// it must fail with.
+type Case = (&'static str, Result<(), tonic::Status>, Code, &'static str);
+
+fn s(r: Result<tonic::Response<v1::ScoreResponse>, tonic::Status>) -> Result<(), tonic::Status> {
+    r.map(|_| ())
+}
+
+fn c(r: Result<tonic::Response<v1::ClassifyResponse>, tonic::Status>) -> Result<(), tonic::Status> {
+    r.map(|_| ())
+}
+
+fn check_cases(cases: Vec<Case>) {
+    for (name, got, code, needle) in cases {
+        let e = got.expect_err(name);
+        assert_eq!(e.code(), code, "{name}: {e:?}");
+        assert!(
+            e.message().contains(needle),
+            "{name}: '{}' lacks '{needle}'",
+            e.message()
+        );
     }
-    let ok = item("A man sleeps.", "A person rests.", "r", "entailment");
+}
+
+/// Still serving after the bad inputs; then shut down.
+async fn still_serving(server: rllr_server::RunningServer, reward: &mut Reward) {
+    reward
+        .score(auth(score_req(vec![ok_item()]), "user"))
+        .await
+        .unwrap();
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_score_inputs_are_invalid_arguments() {
+    let (_root, server, mut reward, _, _) = serve_strict().await;
+    let ok = ok_item();
     let with = |f: &dyn Fn(&mut v1::ScoreItem)| {
         let mut i = ok.clone();
         f(&mut i);
         score_req(vec![i])
     };
+    let cases: Vec<Case> = vec![
+        (
+            "empty input",
+            s(reward
+                .score(auth(
+                    with(&|i| i.input.as_mut().unwrap().text.clear()),
+                    "user",
+                ))
+                .await),
+            Code::InvalidArgument,
+            "items[0].input.text",
+        ),
+        (
+            "no items",
+            s(reward.score(auth(score_req(vec![]), "user")).await),
+            Code::InvalidArgument,
+            "items",
+        ),
+        (
+            "over the token limit",
+            s(reward
+                .score(auth(with(&|i| i.rationale = "word ".repeat(100)), "user"))
+                .await),
+            Code::InvalidArgument,
+            "max_input_tokens 300",
+        ),
+        (
+            "unknown label",
+            s(reward
+                .score(auth(with(&|i| i.label = "maybe".into()), "user"))
+                .await),
+            Code::InvalidArgument,
+            "items[0].label",
+        ),
+        (
+            "too many items",
+            s(reward
+                .score(auth(score_req(vec![ok.clone(); 5]), "user"))
+                .await),
+            Code::InvalidArgument,
+            "max_items_per_request 4",
+        ),
+        (
+            "NaN lambda",
+            s(reward
+                .score(auth(
+                    v1::ScoreRequest {
+                        lambda: Some(f32::NAN),
+                        rationale_model: "rm2".into(),
+                        ..score_req(vec![ok.clone()])
+                    },
+                    "user",
+                ))
+                .await),
+            Code::InvalidArgument,
+            "lambda",
+        ),
+    ];
+    check_cases(cases);
+    still_serving(server, &mut reward).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_generation_params_are_invalid_arguments() {
+    let (_root, server, mut reward, mut policy, _) = serve_strict().await;
     let gen = |f: &dyn Fn(&mut v1::GenerationParams)| {
         let mut r = classify_req(vec![inp("a", "b")], 4);
         f(r.params.as_mut().unwrap());
         r
     };
-    let mut cases: Vec<(&str, Result<(), tonic::Status>, Code, &str)> = Vec::new();
-    let s = |r: Result<tonic::Response<v1::ScoreResponse>, tonic::Status>| r.map(|_| ());
-    let c = |r: Result<tonic::Response<v1::ClassifyResponse>, tonic::Status>| r.map(|_| ());
-    cases.push((
-        "empty input",
-        s(reward
-            .score(auth(
-                with(&|i| i.input.as_mut().unwrap().text.clear()),
-                "user",
-            ))
-            .await),
-        Code::InvalidArgument,
-        "items[0].input.text",
-    ));
-    cases.push((
-        "no items",
-        s(reward.score(auth(score_req(vec![]), "user")).await),
-        Code::InvalidArgument,
-        "items",
-    ));
-    cases.push((
-        "over the token limit",
-        s(reward
-            .score(auth(with(&|i| i.rationale = "word ".repeat(100)), "user"))
-            .await),
-        Code::InvalidArgument,
-        "max_input_tokens 300",
-    ));
-    cases.push((
-        "unknown label",
-        s(reward
-            .score(auth(with(&|i| i.label = "maybe".into()), "user"))
-            .await),
-        Code::InvalidArgument,
-        "items[0].label",
-    ));
-    cases.push((
-        "unknown model",
-        s(reward
-            .score(auth(
-                v1::ScoreRequest {
-                    label_model: "nope".into(),
-                    ..score_req(vec![ok.clone()])
-                },
-                "user",
-            ))
-            .await),
-        Code::NotFound,
-        "nope",
-    ));
-    cases.push((
-        "NaN temperature",
-        c(policy
-            .classify(auth(gen(&|p| p.temperature = Some(f32::NAN)), "user"))
-            .await),
-        Code::InvalidArgument,
-        "params.temperature",
-    ));
-    cases.push((
-        "negative temperature",
-        c(policy
-            .classify(auth(gen(&|p| p.temperature = Some(-1.0)), "user"))
-            .await),
-        Code::InvalidArgument,
-        "params.temperature",
-    ));
-    cases.push((
-        "top_p > 1",
-        c(policy
-            .classify(auth(gen(&|p| p.top_p = Some(1.5)), "user"))
-            .await),
-        Code::InvalidArgument,
-        "params.top_p",
-    ));
-    cases.push((
-        "max_new_tokens over the limit",
-        c(policy
-            .classify(auth(gen(&|p| p.max_new_tokens = Some(10_000)), "user"))
-            .await),
-        Code::InvalidArgument,
-        "max_new_tokens 48",
-    ));
-    cases.push((
-        "too many items",
-        s(reward
-            .score(auth(score_req(vec![ok.clone(); 5]), "user"))
-            .await),
-        Code::InvalidArgument,
-        "max_items_per_request 4",
-    ));
-    cases.push((
-        "NaN lambda",
-        s(reward
-            .score(auth(
-                v1::ScoreRequest {
-                    lambda: Some(f32::NAN),
-                    rationale_model: "rm2".into(),
-                    ..score_req(vec![ok.clone()])
-                },
-                "user",
-            ))
-            .await),
-        Code::InvalidArgument,
-        "lambda",
-    ));
-    cases.push((
-        "policy used as reward model",
-        s(reward
-            .score(auth(
-                v1::ScoreRequest {
-                    label_model: "pol".into(),
-                    ..score_req(vec![ok.clone()])
-                },
-                "user",
-            ))
-            .await),
-        Code::FailedPrecondition,
-        "pol",
-    ));
-    let evil = outside.path().join("evil").to_string_lossy().into_owned();
-    let load = |path: &str| v1::LoadModelRequest {
-        name: "x".into(),
-        path: path.into(),
-        replace: false,
-    };
-    cases.push((
-        "model path outside the root (absolute)",
-        models
-            .load_model(auth(load(&evil), "admin"))
-            .await
-            .map(|_| ()),
-        Code::PermissionDenied,
-        "outside the model root",
-    ));
-    cases.push((
-        "model path outside the root (..)",
-        models
-            .load_model(auth(load("../../../etc"), "admin"))
-            .await
-            .map(|_| ()),
-        Code::PermissionDenied,
-        "outside the model root",
-    ));
-    cases.push((
-        "missing model path",
-        models
-            .load_model(auth(load("nothing-here"), "admin"))
-            .await
-            .map(|_| ()),
-        Code::NotFound,
-        "nothing-here",
-    ));
-    cases.push((
-        "missing token",
-        s(reward.score(score_req(vec![ok.clone()])).await),
-        Code::Unauthenticated,
-        "missing",
-    ));
-    cases.push((
-        "wrong token",
-        s(reward
-            .score(auth(score_req(vec![ok.clone()]), "guess"))
-            .await),
-        Code::Unauthenticated,
-        "wrong",
-    ));
-    cases.push((
-        "user token on an admin RPC",
-        models
-            .load_model(auth(load("rm"), "user"))
-            .await
-            .map(|_| ()),
-        Code::PermissionDenied,
-        "admin",
-    ));
-    cases.push((
+    let cases: Vec<Case> = vec![
+        (
+            "NaN temperature",
+            c(policy
+                .classify(auth(gen(&|p| p.temperature = Some(f32::NAN)), "user"))
+                .await),
+            Code::InvalidArgument,
+            "params.temperature",
+        ),
+        (
+            "negative temperature",
+            c(policy
+                .classify(auth(gen(&|p| p.temperature = Some(-1.0)), "user"))
+                .await),
+            Code::InvalidArgument,
+            "params.temperature",
+        ),
+        (
+            "top_p > 1",
+            c(policy
+                .classify(auth(gen(&|p| p.top_p = Some(1.5)), "user"))
+                .await),
+            Code::InvalidArgument,
+            "params.top_p",
+        ),
+        (
+            "max_new_tokens over the limit",
+            c(policy
+                .classify(auth(gen(&|p| p.max_new_tokens = Some(10_000)), "user"))
+                .await),
+            Code::InvalidArgument,
+            "max_new_tokens 48",
+        ),
+    ];
+    check_cases(cases);
+    still_serving(server, &mut reward).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_classify_inputs_are_invalid_arguments() {
+    let (_root, server, mut reward, mut policy, _) = serve_strict().await;
+    let cases: Vec<Case> = vec![(
         "pair task given one text",
         c(policy
             .classify(auth(
@@ -773,22 +843,135 @@ async fn bad_inputs_get_precise_statuses() {
             .await),
         Code::InvalidArgument,
         "inputs[0]",
-    ));
-    for (name, got, code, needle) in cases {
-        let e = got.expect_err(name);
-        assert_eq!(e.code(), code, "{name}: {e:?}");
-        assert!(
-            e.message().contains(needle),
-            "{name}: '{}' lacks '{needle}'",
-            e.message()
-        );
-    }
-    // Still serving.
-    reward
-        .score(auth(score_req(vec![ok]), "user"))
-        .await
-        .unwrap();
-    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    )];
+    check_cases(cases);
+    still_serving(server, &mut reward).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_model_names_are_not_found_or_failed_precondition() {
+    let (_root, server, mut reward, _, _) = serve_strict().await;
+    let ok = ok_item();
+    let cases: Vec<Case> = vec![
+        (
+            "unknown model",
+            s(reward
+                .score(auth(
+                    v1::ScoreRequest {
+                        label_model: "nope".into(),
+                        ..score_req(vec![ok.clone()])
+                    },
+                    "user",
+                ))
+                .await),
+            Code::NotFound,
+            "nope",
+        ),
+        (
+            "policy used as reward model",
+            s(reward
+                .score(auth(
+                    v1::ScoreRequest {
+                        label_model: "pol".into(),
+                        ..score_req(vec![ok.clone()])
+                    },
+                    "user",
+                ))
+                .await),
+            Code::FailedPrecondition,
+            "pol",
+        ),
+    ];
+    check_cases(cases);
+    still_serving(server, &mut reward).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_model_paths_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    write_model(
+        outside.path(),
+        "evil",
+        rllr_core::manifest::ModelKind::Reward,
+        9,
+        "plain",
+    );
+    let (_root, server, mut reward, _, mut models) = serve_strict().await;
+    let evil = outside.path().join("evil").to_string_lossy().into_owned();
+    let load = |path: &str| v1::LoadModelRequest {
+        name: "x".into(),
+        path: path.into(),
+        replace: false,
+    };
+    let cases: Vec<Case> = vec![
+        (
+            "model path outside the root (absolute)",
+            models
+                .load_model(auth(load(&evil), "admin"))
+                .await
+                .map(|_| ()),
+            Code::PermissionDenied,
+            "outside the model root",
+        ),
+        (
+            "model path outside the root (..)",
+            models
+                .load_model(auth(load("../../../etc"), "admin"))
+                .await
+                .map(|_| ()),
+            Code::PermissionDenied,
+            "outside the model root",
+        ),
+        (
+            "missing model path",
+            models
+                .load_model(auth(load("nothing-here"), "admin"))
+                .await
+                .map(|_| ()),
+            Code::NotFound,
+            "nothing-here",
+        ),
+    ];
+    check_cases(cases);
+    still_serving(server, &mut reward).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_credentials_are_unauthenticated_or_denied() {
+    let (_root, server, mut reward, _, mut models) = serve_strict().await;
+    let ok = ok_item();
+    let load = |path: &str| v1::LoadModelRequest {
+        name: "x".into(),
+        path: path.into(),
+        replace: false,
+    };
+    let cases: Vec<Case> = vec![
+        (
+            "missing token",
+            s(reward.score(score_req(vec![ok.clone()])).await),
+            Code::Unauthenticated,
+            "missing",
+        ),
+        (
+            "wrong token",
+            s(reward
+                .score(auth(score_req(vec![ok.clone()]), "guess"))
+                .await),
+            Code::Unauthenticated,
+            "wrong",
+        ),
+        (
+            "user token on an admin RPC",
+            models
+                .load_model(auth(load("rm"), "user"))
+                .await
+                .map(|_| ()),
+            Code::PermissionDenied,
+            "admin",
+        ),
+    ];
+    check_cases(cases);
+    still_serving(server, &mut reward).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
