@@ -3,6 +3,11 @@
 
 use std::path::PathBuf;
 
+use std::collections::HashMap;
+
+use candle_core::Device;
+
+use super::tensors::dequantize;
 use super::*;
 
 fn fixture(name: &str) -> PathBuf {
