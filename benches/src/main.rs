@@ -24,6 +24,7 @@ use candle_core::Tensor;
 use candle_core::{DType, Device};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use clap::Parser;
+use rllr_benches::ModelArg;
 use rllr_core::checkpoint::Checkpoint;
 use rllr_core::{
     generate, Batch, ForwardCtx, GenerationRequest, Llama, LoraConfig, PaddingSide, SamplingParams,
@@ -38,13 +39,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// HF-layout model directory (e.g. from scripts/fetch-smollm2.sh), used by both sides.
-    #[arg(
-        long,
-        env = "RLLR_BENCH_MODEL",
-        default_value = "models/smollm2-135m-instruct"
-    )]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArg,
     /// Threads for both engines; ratios are only fair at equal thread counts.
     #[arg(long, env = "RLLR_BENCH_THREADS", default_value_t = 2)]
     threads: usize,
@@ -202,7 +198,7 @@ fn peak_rss_mib() -> Option<f64> {
 fn peak_rss_child(args: &Args) -> Result<Value> {
     let out = tempfile_path("rllr-peak.json");
     let status = Command::new(std::env::current_exe()?)
-        .args(["--model", &args.model.to_string_lossy()])
+        .args(["--model", &args.model.model.to_string_lossy()])
         .args(["--threads", &args.threads.to_string()])
         .args(["--repeats", "1", "--only", TRAIN, "--no-peer", "--json"])
         .arg(&out)
@@ -216,7 +212,7 @@ fn peak_rss_child(args: &Args) -> Result<Value> {
 }
 
 fn run_rllr(args: &Args, which: &[&str]) -> Result<Value> {
-    let ckpt = Checkpoint::open(&args.model)?;
+    let ckpt = Checkpoint::open(&args.model.model)?;
     let mut out = serde_json::Map::new();
     for name in which {
         if *name == "peak_rss_train_lora" {
@@ -251,7 +247,7 @@ fn run_peer(args: &Args, which: &[&str]) -> Result<Value> {
     let status = Command::new(&args.python)
         .arg(&script)
         .arg("--model")
-        .arg(&args.model)
+        .arg(&args.model.model)
         .arg("--threads")
         .arg(args.threads.to_string())
         .arg("--repeats")
@@ -328,7 +324,7 @@ fn main() -> Result<()> {
     };
     print_table(&which, &rllr, &peer["results"]);
     let report = json!({
-        "model": args.model, "threads": args.threads, "repeats": args.repeats,
+        "model": args.model.model, "threads": args.threads, "repeats": args.repeats,
         "rllr": rllr, "peer": peer,
     });
     if let Some(path) = &args.json {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
+use rllr_benches::ModelArg;
 use rllr_core::checkpoint::{self, Checkpoint};
 use rllr_core::manifest::{Manifest, ModelKind};
 use rllr_core::{Batch, ForwardCtx, PaddingSide};
@@ -28,13 +29,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// SmolLM2 (or other) HF model directory with tokenizer.json.
-    #[arg(
-        long,
-        env = "RLLR_BENCH_MODEL",
-        default_value = "models/smollm2-135m-instruct"
-    )]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArg,
     /// Concurrent client counts.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     clients: Vec<usize>,
@@ -268,8 +264,8 @@ async fn main() -> Result<()> {
     let root = tempfile::tempdir()?;
     let rm_dir = root.path().join("rm");
     {
-        let ckpt = Checkpoint::open(&args.model)
-            .with_context(|| format!("opening {}", args.model.display()))?;
+        let ckpt = Checkpoint::open(&args.model.model)
+            .with_context(|| format!("opening {}", args.model.model.display()))?;
         let mut model = ckpt.load_model(DType::F32, &Device::Cpu)?;
         model.add_new_head("score", false, 7)?;
         let mut m = Manifest::new(ModelKind::Reward, "bench");
@@ -278,9 +274,15 @@ async fn main() -> Result<()> {
         m.task_spec = Some(serde_json::from_value(
             json!({"name": "nli", "instruction": "Does the premise entail the hypothesis?", "input_fields": ["premise", "hypothesis"], "labels": [{"name": "entailment"}, {"name": "neutral"}, {"name": "contradiction"}]}),
         )?);
-        checkpoint::save_model(&model, &rm_dir, Some("score"), Some(&args.model), Some(&m))?;
+        checkpoint::save_model(
+            &model,
+            &rm_dir,
+            Some("score"),
+            Some(&args.model.model),
+            Some(&m),
+        )?;
     }
-    let mut results = json!({"model": args.model.display().to_string(), "device": args.device, "grpc": {}, "http": {}, "http_over_grpc": [], "in_process": []});
+    let mut results = json!({"model": args.model.model.display().to_string(), "device": args.device, "grpc": {}, "http": {}, "http_over_grpc": [], "in_process": []});
     for (label, max_batch) in [("batching_on", 64usize), ("batching_off", 1)] {
         let cfg = rllr_server::ServerConfig {
             listen: "127.0.0.1:0".into(),

@@ -659,6 +659,9 @@ pub async fn run(client: &Client, cfg: BatchConfig) -> Result<BatchSummary> {
     };
     let sp = summary_path(&cfg.output);
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
-    std::fs::write(&sp, json + "\n").map_err(Error::io(&sp))?;
+    // Temp file + rename: a crash mid-write leaves the previous summary (or none), never half of one.
+    let tmp = sp.with_extension("json.tmp");
+    std::fs::write(&tmp, json + "\n").map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, &sp).map_err(Error::io(&sp))?;
     Ok(summary)
 }

@@ -20,6 +20,8 @@ pub use crate::ops::attention_bias;
 use crate::rope::Rope;
 use crate::{Config, Error, Result};
 
+#[cfg(test)]
+mod determinism;
 mod layers;
 
 use layers::DecoderLayer;

@@ -258,3 +258,80 @@ pub(crate) fn fused(
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use crate::ops::{
+        attention, softmax,
+        test_util::{check, max_diff, rand},
+    };
+    use crate::skinny;
+
+    /// Grouped-query attention the unfused way: matmul, composite masked softmax, matmul.
+    /// q (B, KV, rep·L, D), k and v (B, KV, T, D), bias (B, 1, 1, L, T).
+    fn attention_composite(x: &[Tensor], bias: &Tensor, heads: usize) -> crate::Result<Tensor> {
+        let (b, kv, rows, _) = x[0].dims4()?;
+        let t = x[1].dim(2)?;
+        let l = rows * kv / heads;
+        let s = x[0].matmul(&x[1].t()?)?.reshape((b, heads, l, t))?;
+        let p = softmax::composite(&s, &bias.reshape((b, 1, l, t))?, 0.3)?;
+        Ok(p.reshape((b, kv, rows, t))?.matmul(&x[2])?)
+    }
+
+    /// Causal mask over a cache of t − l earlier slots, the first of each row padding.
+    fn cached_bias(b: usize, l: usize, t: usize) -> Tensor {
+        let pos: Vec<Vec<u32>> = vec![(0..t as u32).collect(); b];
+        let mut valid = vec![vec![true; t]; b];
+        valid.iter_mut().for_each(|v| v[0] = false);
+        let q: Vec<Vec<u32>> = vec![((t - l) as u32..t as u32).collect(); b];
+        attention::attention_bias(&q, &pos, &valid, None, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn attention_matches_composite_forward_and_backward() {
+        // 2 KV heads × 3 query heads each; without a cache (t = l) and with one (t > l).
+        let (b, kv, rep, d) = (2, 2, 3, 8);
+        for (l, t) in [(5, 5), (4, 7)] {
+            let bias = cached_bias(b, l, t);
+            let f = |x: &[Tensor]| {
+                let bias = bias.reshape((b, l, t))?;
+                Ok(attention::fused(&x[0], &x[1], &x[2], &bias, 0.3, kv * rep)?)
+            };
+            let c = |x: &[Tensor]| attention_composite(x, &bias, kv * rep);
+            let inputs = [
+                rand(&[b, kv, rep * l, d], 20 + l as u64),
+                rand(&[b, kv, t, d], 21),
+                rand(&[b, kv, t, d], 22),
+            ];
+            check(&format!("attention l {l} t {t}"), &f, &c, &inputs);
+        }
+    }
+
+    #[test]
+    fn inference_attention_matches_composite_on_cache_views() {
+        if skinny::tests::skip_without_avx512() {
+            return;
+        }
+        let (b, kv, rep, d) = (3, 2, 3, 16);
+        for (l, t) in [(1, 6), (4, 7)] {
+            let bias = cached_bias(b, l, t);
+            let q = rand(&[b, kv * rep, l, d], 30 + l as u64);
+            // Keys and values as the KV cache holds them: the first t slots of a longer buffer.
+            let k = rand(&[b, kv, t + 5, d], 31).narrow(2, 0, t).unwrap();
+            let v = rand(&[b, kv, t + 5, d], 32).narrow(2, 0, t).unwrap();
+            assert!(attention::infer_attention_fits(&q, &k, &v).unwrap());
+            let got =
+                attention::infer_attention(&q, &k, &v, &bias.reshape((b, l, t)).unwrap(), 0.3)
+                    .unwrap();
+            let qg = q.reshape((b, kv, rep * l, d)).unwrap();
+            let want = attention_composite(&[qg, k.clone(), v.clone()], &bias, kv * rep)
+                .unwrap()
+                .reshape((b, kv * rep, l, d))
+                .unwrap();
+            let diff = max_diff(&got, &want);
+            assert!(diff <= 1e-5, "l {l} t {t}: max |Δ| {diff}");
+        }
+    }
+}

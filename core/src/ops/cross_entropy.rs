@@ -270,3 +270,60 @@ pub(crate) fn linear_fused(
     };
     h.contiguous()?.apply_op1(op)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, IndexOp, Tensor};
+
+    use crate::ops::{
+        cross_entropy,
+        test_util::{bits, check, pools, rand, value_and_grad},
+    };
+
+    #[test]
+    fn masked_cross_entropy_matches_composite() {
+        let targets = Tensor::new(&[3u32, 0, 10, 5, 7, 1], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[1f32, 1.0, 0.0, 1.0, 1.0, 0.0], &Device::Cpu).unwrap();
+        let f = |t: &[Tensor]| Ok(cross_entropy::fused(&t[0], &targets, &mask)?);
+        let c = |t: &[Tensor]| cross_entropy::composite(&t[0], &targets.unsqueeze(1)?, &mask);
+        check("cross_entropy", &f, &c, &[rand(&[6, 11], 9)]);
+    }
+
+    #[test]
+    fn masked_cross_entropy_is_row_and_thread_deterministic() {
+        let (n, v) = (400, 97); // 400 rows of 97 cross PAR_MIN
+        let logits = rand(&[n, v], 30);
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 97) % v as u32).collect();
+        let targets = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
+        let mask: Vec<f32> = (0..n).map(|i| (i % 3 != 1) as u8 as f32).collect();
+        let mask = Tensor::new(mask.as_slice(), &Device::Cpu).unwrap();
+        let ce = |x: &[Tensor]| cross_entropy::fused(&x[0], &x[1], &x[2]).unwrap();
+        let run = |rows: usize| {
+            let x = [0, 1, 2].map(|i| [&logits, &targets, &mask][i].narrow(0, 0, rows).unwrap());
+            let one = Tensor::new(1f32, &Device::Cpu).unwrap();
+            value_and_grad(&ce, &x, &one).map(|t| bits(&t))
+        };
+        // The whole batch: the same loss and gradient bits on 1, 2 or 3 threads.
+        let reference = run(n);
+        for pool in pools() {
+            let threads = pool.current_num_threads();
+            assert!(pool.install(|| run(n)) == reference, "{threads} threads");
+        }
+        // One row's gradient does not depend on the rows after it (with the same masked count).
+        let alone = |rows: usize, row: usize| {
+            let m: Vec<f32> = (0..rows).map(|i| (i == row) as u8 as f32).collect();
+            let m = Tensor::new(m.as_slice(), &Device::Cpu).unwrap();
+            let x = [
+                logits.narrow(0, 0, rows).unwrap(),
+                targets.narrow(0, 0, rows).unwrap(),
+                m,
+            ];
+            let one = Tensor::new(1f32, &Device::Cpu).unwrap();
+            let [y, dx] = value_and_grad(&ce, &x, &one);
+            [bits(&y), bits(&dx.i(row).unwrap())]
+        };
+        for rows in [3, 8, n] {
+            assert!(alone(rows, 2) == alone(3, 2), "row 2 in a batch of {rows}");
+        }
+    }
+}

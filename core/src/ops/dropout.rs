@@ -67,3 +67,23 @@ impl CustomOp1 for Dropout {
 pub(crate) fn fused(x: &Tensor, p: f32, seed: u64) -> CResult<Tensor> {
     x.contiguous()?.apply_op1(Dropout { p, seed })
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use crate::ops::{
+        dropout,
+        test_util::{check, rand},
+    };
+
+    #[test]
+    fn dropout_matches_composite() {
+        let f = |t: &[Tensor]| Ok(dropout::fused(&t[0], 0.3, 17)?);
+        let c = |t: &[Tensor]| {
+            let mask = dropout::dropout_mask(t[0].elem_count(), 0.3, 17);
+            Ok(t[0].mul(&Tensor::from_vec(mask, t[0].shape(), &Device::Cpu)?)?)
+        };
+        check("dropout", &f, &c, &[rand(&[6, 40], 23)]);
+    }
+}

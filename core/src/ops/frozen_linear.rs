@@ -93,3 +93,32 @@ pub(crate) fn frozen_linear_many(x: &Tensor, weights: &[&Tensor]) -> CResult<Opt
         .collect::<CResult<Vec<_>>>()
         .map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Tensor, Var};
+
+    use crate::ops::{
+        frozen_linear,
+        test_util::{check, rand},
+    };
+
+    #[test]
+    fn frozen_linear_matches_matmul_and_leaves_the_weight_alone() {
+        let w = rand(&[3, 7], 10);
+        let f = |t: &[Tensor]| Ok(frozen_linear::frozen_linear(&t[0], &w)?);
+        let c = |t: &[Tensor]| Ok(t[0].matmul(&w.t()?)?);
+        check("frozen_linear", &f, &c, &[rand(&[5, 7], 11)]);
+        // The forward is candle's matmul, bit for bit, for a contiguous and a transposed input.
+        let a = Var::from_tensor(&rand(&[5, 7], 12)).unwrap();
+        let b = Var::from_tensor(&rand(&[7, 5], 13)).unwrap();
+        for x in [a.as_tensor().clone(), b.as_tensor().t().unwrap()] {
+            let got = frozen_linear::frozen_linear(&x, &w).unwrap();
+            let want = x.detach().matmul(&w.t().unwrap()).unwrap();
+            assert_eq!(
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap()
+            );
+        }
+    }
+}

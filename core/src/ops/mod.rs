@@ -1,9 +1,9 @@
 //! The decoder's numerical ops, one file per op, each holding everything about that op.
 //!
-//! Every op file has three parts:
+//! Every op file has three parts, and its tests:
 //! - the **composite reference**: the op from plain candle ops. It runs on every device and
 //!   dtype, gets its gradient from candle's autograd, and is the correctness oracle the fused
-//!   kernel is tested against (gradient checks in `tests.rs`);
+//!   kernel is tested against;
 //! - the **fused kernel**: a candle `CustomOp` with a forward AND a hand-written backward, the
 //!   CPU f32 fast path (one pass each way over contiguous rows instead of a tensor per step of
 //!   the chain; candle's own fused `rms_norm`, `softmax_last_dim` and `rope` have no backward);
@@ -11,16 +11,17 @@
 //!   [`rope::apply_heads`], [`attention`], [`swiglu`], [`dropout`], `frozen_linear`,
 //!   [`masked_cross_entropy`], [`linear_cross_entropy`]) checks the device and dtype
 //!   ([`fusable`]) and picks the fused kernel or the composite. A CUDA kernel per op goes in
-//!   that op's file, as one more branch of its dispatch.
+//!   that op's file, as one more branch of its dispatch;
+//! - the **tests** (`mod tests` at the end of the file): the fused kernel against the composite,
+//!   forward and backward, and row determinism (a row's output and input gradient bit-identical
+//!   whatever batch and thread count it runs under).
 //!
-//! `cpu.rs` is the plumbing the CPU kernels share; `determinism.rs` tests that a row's output and
-//! gradient do not depend on its batch or the thread count.
+//! `cpu.rs` is the plumbing the CPU kernels share, `test_util.rs` the helpers the tests share;
+//! the same determinism question for the whole model is asked in `model/determinism.rs`.
 
 mod attention;
 mod cpu;
-mod cross_entropy;
-#[cfg(test)]
-mod determinism;
+pub(crate) mod cross_entropy;
 mod dropout;
 mod frozen_linear;
 mod rms_norm;
@@ -28,7 +29,7 @@ pub(crate) mod rope;
 mod softmax;
 mod swiglu;
 #[cfg(test)]
-mod tests;
+pub(crate) mod test_util;
 
 use std::sync::OnceLock;
 
@@ -49,7 +50,7 @@ pub use swiglu::swiglu;
 ///
 /// Each kernel matches the composite path within 1e-4 forward and backward (tests below) and is
 /// row-deterministic: a row's output and gradient are bit-identical whatever batch, padding or
-/// rayon thread count it is computed under (`determinism.rs`). Whole-model outputs are not
+/// rayon thread count it is computed under (each op's tests). Whole-model outputs are not
 /// bit-identical across batch shapes on either path, because candle's gemm blocks differently
 /// with the row count.
 pub(crate) fn fusable(t: &Tensor) -> bool {

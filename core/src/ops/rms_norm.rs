@@ -107,3 +107,39 @@ pub(crate) fn fused(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
     x.contiguous()?
         .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Tensor;
+
+    use crate::ops::{
+        rms_norm,
+        test_util::{assert_row_stable, check, rand, W},
+    };
+
+    #[test]
+    fn rms_norm_matches_composite() {
+        let f = |t: &[Tensor]| Ok(rms_norm::fused(&t[0], &t[1], 1e-5)?);
+        let c = |t: &[Tensor]| rms_norm::composite(&t[0], &t[1], 1e-5);
+        check("rms_norm", &f, &c, &[rand(&[3, 5, 16], 1), rand(&[16], 2)]);
+        // Large enough for the row-parallel branch.
+        check(
+            "rms_norm",
+            &f,
+            &c,
+            &[rand(&[3, 40, 300], 12), rand(&[300], 13)],
+        );
+    }
+
+    #[test]
+    fn rms_norm_is_row_deterministic() {
+        let f = |t: &[Tensor]| rms_norm::fused(&t[0], &t[1], 1e-5).unwrap();
+        assert_row_stable(
+            "rms_norm",
+            &f,
+            &[rand(&[1, W], 1)],
+            &[rand(&[W], 2)],
+            &[1, W],
+        );
+    }
+}

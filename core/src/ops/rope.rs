@@ -137,3 +137,37 @@ pub(crate) fn fused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
     x.contiguous()?
         .apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Tensor;
+
+    use crate::ops::{
+        rope,
+        test_util::{assert_row_stable, check, rand},
+    };
+
+    #[test]
+    fn rope_matches_composite() {
+        let (cos, sin) = (rand(&[2, 1, 5, 8], 3), rand(&[2, 1, 5, 8], 4));
+        let f = |t: &[Tensor]| rope::apply_heads(&t[0], &cos, &sin);
+        let c = |t: &[Tensor]| {
+            let x = t[0].transpose(1, 2)?.contiguous()?;
+            rope::apply(&x, &cos, &sin)
+        };
+        check("rope", &f, &c, &[rand(&[2, 5, 3, 8], 5)]);
+    }
+
+    #[test]
+    fn rope_is_row_deterministic() {
+        // One sequence of 11 tokens, 7 heads of 64: (1, L, H, D) → (1, H, L, D).
+        let (l, h, d) = (11, 7, 64);
+        let f = |t: &[Tensor]| rope::fused(&t[0], &t[1], &t[2]).unwrap();
+        let targets = [
+            rand(&[1, l, h, d], 5),
+            rand(&[1, l, d], 6),
+            rand(&[1, l, d], 7),
+        ];
+        assert_row_stable("rope", &f, &targets, &[], &[1, h, l, d]);
+    }
+}

@@ -111,3 +111,81 @@ pub(crate) fn fused(scores: &Tensor, bias: &Tensor, scale: f64) -> CResult<Tenso
     };
     scores.contiguous()?.apply_op2(&bias.contiguous()?, op)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use crate::ops::{
+        attention, softmax,
+        test_util::{assert_row_stable, bits, check, rand, value_and_grad},
+        MASKED,
+    };
+
+    #[test]
+    fn masked_softmax_matches_composite() {
+        let (b, g, l, t) = (2, 3, 4, 6);
+        let pos: Vec<Vec<u32>> = vec![(0..t as u32).collect(); b];
+        let valid = vec![vec![false, true, true, true, true, true]; b];
+        let q: Vec<Vec<u32>> = vec![(2..6).collect(); b];
+        let bias = attention::attention_bias(&q, &pos, &valid, None, &Device::Cpu).unwrap();
+        let f = |x: &[Tensor]| Ok(softmax::fused(&x[0], &bias.reshape((b, l, t))?, 0.3)?);
+        let c = |x: &[Tensor]| softmax::composite(&x[0], &bias.reshape((b, 1, l, t))?, 0.3);
+        check("masked_softmax", &f, &c, &[rand(&[b, g, l, t], 6)]);
+    }
+
+    #[test]
+    fn masked_softmax_is_row_deterministic() {
+        // One sequence's scores over 4 head groups × 9 queries × 523 keys, causal bias.
+        let (g, l, t) = (4, 9, 523);
+        let bias: Vec<f32> = (0..l * t)
+            .map(|i| if i % t <= t - l + i / t { 0.0 } else { MASKED })
+            .collect();
+        let bias = Tensor::from_vec(bias, (1, l, t), &Device::Cpu).unwrap();
+        let f = |x: &[Tensor]| softmax::fused(&x[0], &x[1], 0.125).unwrap();
+        let targets = [rand(&[1, g, l, t], 8), bias];
+        assert_row_stable("masked_softmax", &f, &targets, &[], &[1, g, l, t]);
+    }
+
+    #[test]
+    fn masked_softmax_ignores_padding_keys() {
+        // The same sequence with `pad` masked keys in front of (left) or behind (right) its own:
+        // identical probabilities on the real keys, exact zeros on the pads, forward and backward.
+        let (g, l, t) = (3, 5, 37);
+        let scores = rand(&[1, g, l, t], 20);
+        let alone = value_and_grad(
+            &|x: &[Tensor]| softmax::fused(&x[0], &x[1], 0.3).unwrap(),
+            &[
+                scores.clone(),
+                Tensor::zeros((1, l, t), DType::F32, &Device::Cpu).unwrap(),
+            ],
+            &rand(&[1, g, l, t], 21),
+        );
+        for (pad, left) in [(1, true), (6, false), (13, true)] {
+            let noise = rand(&[1, g, l, pad], 22);
+            let cat = |a: &Tensor, b: &Tensor| {
+                let parts = if left { [b, a] } else { [a, b] };
+                Tensor::cat(&parts, 3).unwrap()
+            };
+            let masked = Tensor::full(MASKED, (1, l, pad), &Device::Cpu).unwrap();
+            let zeros = Tensor::zeros((1, l, t), DType::F32, &Device::Cpu).unwrap();
+            let bias = if left {
+                Tensor::cat(&[&masked, &zeros], 2)
+            } else {
+                Tensor::cat(&[&zeros, &masked], 2)
+            }
+            .unwrap();
+            let r = cat(&rand(&[1, g, l, t], 21), &noise);
+            let [y, dx] = value_and_grad(
+                &|x: &[Tensor]| softmax::fused(&x[0], &x[1], 0.3).unwrap(),
+                &[cat(&scores, &noise), bias],
+                &r,
+            );
+            let real = |x: &Tensor| x.narrow(3, if left { pad } else { 0 }, t).unwrap();
+            let pads = |x: &Tensor| x.narrow(3, if left { 0 } else { t }, pad).unwrap();
+            assert!(bits(&real(&y)) == bits(&alone[0]), "forward, pad {pad}");
+            assert!(bits(&real(&dx)) == bits(&alone[1]), "backward, pad {pad}");
+            assert!(bits(&pads(&y)).iter().all(|b| *b == 0), "pads get 0");
+        }
+    }
+}

@@ -87,3 +87,27 @@ impl CustomOp2 for SwiGlu {
 pub(crate) fn fused(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Tensor;
+
+    use crate::ops::{
+        swiglu,
+        test_util::{assert_row_stable, check, rand, W},
+    };
+
+    #[test]
+    fn swiglu_matches_composite() {
+        let f = |t: &[Tensor]| Ok(swiglu::fused(&t[0], &t[1])?);
+        let c = |t: &[Tensor]| swiglu::composite(&t[0], &t[1]);
+        check("swiglu", &f, &c, &[rand(&[4, 10], 7), rand(&[4, 10], 8)]);
+    }
+
+    #[test]
+    fn swiglu_is_row_deterministic() {
+        let f = |t: &[Tensor]| swiglu::fused(&t[0], &t[1]).unwrap();
+        let targets = [rand(&[1, W], 3), rand(&[1, W], 4)];
+        assert_row_stable("swiglu", &f, &targets, &[], &[1, W]);
+    }
+}
