@@ -5,8 +5,7 @@
 use candle_core::{DType, Device, IndexOp, Tensor};
 use rand::{Rng, SeedableRng};
 
-use crate::batch::Batch;
-use crate::batch::PaddingSide;
+use crate::batch::{Batch, PaddingSide};
 use crate::kv_cache::KvCache;
 use crate::lora::ForwardCtx;
 use crate::model::Llama;

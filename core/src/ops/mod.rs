@@ -48,9 +48,9 @@ pub use swiglu::swiglu;
 /// Can the fused kernels run on `t`: f32 on the CPU, unless `RLLR_FUSED=0` opts out (the
 /// composite path, for A/B runs and as a fallback).
 ///
-/// Each kernel matches the composite path within 1e-4 forward and backward (tests below) and is
+/// Each kernel matches the composite path within 1e-4 forward and backward (each op's tests) and is
 /// row-deterministic: a row's output and gradient are bit-identical whatever batch, padding or
-/// rayon thread count it is computed under (each op's tests). Whole-model outputs are not
+/// rayon thread count it is computed under. Whole-model outputs are not
 /// bit-identical across batch shapes on either path, because candle's gemm blocks differently
 /// with the row count.
 pub(crate) fn fusable(t: &Tensor) -> bool {

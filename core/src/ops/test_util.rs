@@ -14,9 +14,9 @@ pub(crate) fn rand(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// max |a − b| ([`crate::numerics::max_abs_diff`], unwrapped for tests).
 pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-    d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    crate::numerics::max_abs_diff(a, b).unwrap()
 }
 
 /// Output of `f` at `inputs` and the gradients of Σ y·r (r fixed random) w.r.t. each input.
