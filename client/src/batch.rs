@@ -151,6 +151,8 @@ pub struct BatchSummary {
     pub rows_per_s: f64,
     /// Over every output row with a gold label.
     pub accuracy: Option<Accuracy>,
+    /// Rows this run answered per server address: how the load was spread over the replicas.
+    pub rows_per_endpoint: std::collections::BTreeMap<String, u64>,
 }
 
 /// Where the summary of `output` goes: `out.jsonl` → `out.summary.json`.
@@ -378,7 +380,7 @@ async fn stream_worker(
             }
         }
         let (req_tx, req_rx) = mpsc::channel::<v1::ClassifyRequest>(window);
-        let mut stream = match client.classify_batch(ReceiverStream::new(req_rx)).await {
+        let (mut stream, on) = match client.classify_batch(ReceiverStream::new(req_rx)).await {
             Ok(s) => s,
             Err(e) => {
                 match e.code().map(handling) {
@@ -412,6 +414,7 @@ async fn stream_worker(
                     let (chunk, sent) = inflight.pop_front().expect("in flight");
                     match rows(&chunk, &resp, sent.elapsed()) {
                         Ok(rows) => {
+                            client.count_rows(&on, rows.len() as u64);
                             if out.send(rows).is_err() {
                                 shared.stop("the output writer stopped".into());
                                 return;
@@ -425,11 +428,18 @@ async fn stream_worker(
                         }
                     }
                 }
-                Ok(Ok(None)) => break "the server closed the stream".to_string(),
+                Ok(Ok(None)) => {
+                    client.mark_down(&on);
+                    break "the server closed the stream".to_string();
+                }
                 Ok(Err(status)) => {
                     let what = format!("{:?}: {}", status.code(), status.message());
                     match handling(status.code()) {
-                        Handling::Retry => break what,
+                        Handling::Retry => {
+                            // The replica may be gone (killed, rescheduled): prefer the others.
+                            client.mark_down(&on);
+                            break what;
+                        }
                         Handling::Stop => {
                             shared.requeue(inflight.drain(..).map(|(c, _)| c));
                             shared.stop(what);
@@ -604,7 +614,7 @@ pub async fn run(client: &Client, cfg: BatchConfig) -> Result<BatchSummary> {
     };
 
     let concurrency = cfg.concurrency.max(1);
-    let endpoints = client.endpoints().len();
+    let endpoints = client.endpoints().await.len();
     let streams = cfg
         .streams
         .unwrap_or_else(|| endpoints.max(concurrency.div_ceil(8)))
@@ -656,6 +666,7 @@ pub async fn run(client: &Client, cfg: BatchConfig) -> Result<BatchSummary> {
         elapsed_s: elapsed,
         rows_per_s: written as f64 / elapsed.max(1e-9),
         accuracy: report::accuracy_of_output(&cfg.output)?,
+        rows_per_endpoint: client.answered(),
     };
     let sp = summary_path(&cfg.output);
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");

@@ -5,6 +5,7 @@
 //! streams are opened once (a batch job retries at its own level, where it knows which items were
 //! answered). Dropping a returned future cancels the call.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +21,11 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::error::{Error, Result};
-use crate::pool::Pool;
+use crate::pool::{Member, Pool, Resolve, SystemResolver, Target};
 use crate::retry::RetryPolicy;
 
 /// How to reach the server(s). Build with [`ClientConfig::new`], then [`ClientConfig::connect`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// `http://host:port` or `https://host:port`; calls are spread over all of them.
     pub endpoints: Vec<String>,
@@ -40,11 +41,34 @@ pub struct ClientConfig {
     pub timeout: Option<Duration>,
     /// Retries of unary calls.
     pub retry: RetryPolicy,
+    /// How often endpoint names are resolved again to follow pods that come and go (None: never;
+    /// a name is then one connection to whichever address the connector picks).
+    pub resolve_every: Option<Duration>,
+    /// Turns names into addresses (default: the system resolver).
+    pub resolver: Arc<dyn Resolve>,
 }
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoints", &self.endpoints)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
+            .field("ca_cert", &self.ca_cert)
+            .field("tls_domain", &self.tls_domain)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("resolve_every", &self.resolve_every)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default of [`ClientConfig::resolve_every`]: a few times per Kubernetes DNS TTL (30 s).
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
 impl ClientConfig {
     /// Defaults: no auth, plaintext unless an endpoint is https, 5 s to connect, 60 s per call,
-    /// [`RetryPolicy::default`].
+    /// [`RetryPolicy::default`], names resolved by the system every [`RESOLVE_EVERY`].
     pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
         ClientConfig {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
@@ -54,7 +78,21 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             timeout: Some(Duration::from_secs(60)),
             retry: RetryPolicy::default(),
+            resolve_every: Some(RESOLVE_EVERY),
+            resolver: Arc::new(SystemResolver),
         }
+    }
+
+    /// Resolve endpoint names again this often (None: never).
+    pub fn resolve_every(mut self, every: Option<Duration>) -> Self {
+        self.resolve_every = every;
+        self
+    }
+
+    /// Resolve names with this instead of the system resolver.
+    pub fn resolver(mut self, r: Arc<dyn Resolve>) -> Self {
+        self.resolver = r;
+        self
     }
 
     /// Send this bearer token with every call.
@@ -88,23 +126,44 @@ impl ClientConfig {
             return Err(Error::NoEndpoints);
         }
         let tls = self.tls_config()?;
-        let mut channels = Vec::new();
-        for uri in &self.endpoints {
+        let targets = self
+            .endpoints
+            .iter()
+            .map(|e| Target::parse(e))
+            .collect::<Result<Vec<_>>>()?;
+        let (connect_timeout, tls_domain) = (self.connect_timeout, self.tls_domain.clone());
+        // One channel per address; its origin (`:authority`) and TLS name stay the configured
+        // host, so virtual hosting and certificate checks see the name, not the pod's IP.
+        let make = move |t: &Target, addr: Option<std::net::SocketAddr>| -> Result<Channel> {
             let bad = |source| Error::Endpoint {
-                endpoint: uri.clone(),
+                endpoint: t.uri.clone(),
                 source,
             };
-            let mut ep = Endpoint::from_shared(uri.clone())
+            let uri = addr.map_or_else(|| t.uri.clone(), |a| t.uri_of(a));
+            let mut ep = Endpoint::from_shared(uri)
                 .map_err(bad)?
-                .connect_timeout(self.connect_timeout)
+                .connect_timeout(connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_while_idle(true);
-            if uri.starts_with("https://") {
-                ep = ep.tls_config(tls.clone()).map_err(bad)?;
+            if addr.is_some() {
+                ep =
+                    ep.origin(t.uri.parse().map_err(|_| {
+                        Error::Config(format!("endpoint {:?} is not a URI", t.uri))
+                    })?);
             }
-            channels.push((uri.clone(), ep.connect_lazy()));
-        }
+            if t.scheme == "https" {
+                let name = tls_domain.clone().unwrap_or_else(|| t.host.clone());
+                ep = ep.tls_config(tls.clone().domain_name(name)).map_err(bad)?;
+            }
+            Ok(ep.connect_lazy())
+        };
+        let pool = Pool::new(
+            targets,
+            Box::new(make),
+            self.resolver.clone(),
+            self.resolve_every,
+        )?;
         let auth = match &self.api_key {
             Some(k) if !k.is_empty() => Some(
                 format!("Bearer {k}")
@@ -116,10 +175,7 @@ impl ClientConfig {
             _ => None,
         };
         Ok(Client {
-            inner: Arc::new(Inner {
-                pool: Pool::new(channels),
-                auth,
-            }),
+            inner: Arc::new(Inner { pool, auth }),
             timeout: self.timeout,
             retry: self.retry,
         })
@@ -183,9 +239,22 @@ impl Client {
         }
     }
 
-    /// The endpoint URIs.
-    pub fn endpoints(&self) -> Vec<String> {
-        self.inner.pool.uris().map(str::to_string).collect()
+    /// The current addresses (once names have been resolved), as labels.
+    pub async fn endpoints(&self) -> Vec<String> {
+        self.inner.pool.ready().await;
+        let members = self.inner.pool.members();
+        members.iter().map(|m| m.label().to_string()).collect()
+    }
+
+    /// Answered unary calls, and rows of batch streams, per address since the client was built:
+    /// how the load was spread.
+    pub fn answered(&self) -> BTreeMap<String, u64> {
+        self.inner.pool.answered()
+    }
+
+    /// Count `rows` answered on the address a batch stream was opened on.
+    pub fn count_rows(&self, on: &Member, rows: u64) {
+        self.inner.pool.count(on, rows);
     }
 
     /// The retry policy of unary calls.
@@ -214,19 +283,21 @@ impl Client {
     {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let pool = &self.inner.pool;
+        pool.ready().await;
         self.retry
             .run(deadline, |a| {
-                let (i, ch) = pool.pick();
-                let fut = call(ch, self.request(req.clone(), a.remaining));
+                let m = pool.pick();
+                let fut = call(m.channel(), self.request(req.clone(), a.remaining));
                 async move {
                     match fut.await {
                         Ok(r) => {
-                            pool.mark_up(i);
+                            pool.mark_up(&m);
+                            pool.count(&m, 1);
                             Ok(r.into_inner())
                         }
                         Err(s) => {
                             if s.code() == Code::Unavailable {
-                                pool.mark_down(i);
+                                pool.mark_down(&m);
                             }
                             Err(s)
                         }
@@ -292,61 +363,71 @@ impl Client {
         &self,
         req: v1::ClassifyRequest,
     ) -> Result<Streaming<v1::ClassifyStreamResponse>> {
-        let (i, ch) = self.inner.pool.pick();
-        let r = PolicyServiceClient::new(ch)
+        self.inner.pool.ready().await;
+        let m = self.inner.pool.pick();
+        let r = PolicyServiceClient::new(m.channel())
             .classify_stream(self.request(req, self.timeout))
             .await;
-        self.note(i, r)
+        self.note(&m, r)
     }
 
-    /// PolicyService.ClassifyBatch on the next endpoint: a bidi stream, replies in request order.
+    /// PolicyService.ClassifyBatch on the next address: a bidi stream, replies in request order,
+    /// with the address it went to (for [`Client::count_rows`] and [`Client::mark_down`]).
     /// No deadline (a batch stream lives as long as the job); not retried.
-    pub async fn classify_batch<S>(&self, requests: S) -> Result<Streaming<v1::ClassifyResponse>>
+    pub async fn classify_batch<S>(
+        &self,
+        requests: S,
+    ) -> Result<(Streaming<v1::ClassifyResponse>, Arc<Member>)>
     where
         S: tokio_stream::Stream<Item = v1::ClassifyRequest> + Send + 'static,
     {
-        let (i, ch) = self.inner.pool.pick();
-        let r = PolicyServiceClient::new(ch)
+        self.inner.pool.ready().await;
+        let m = self.inner.pool.pick();
+        let r = PolicyServiceClient::new(m.channel())
             .classify_batch(self.request(requests, None))
             .await;
-        self.note(i, r)
+        Ok((self.note(&m, r)?, m))
     }
 
-    fn note<T>(&self, i: usize, r: std::result::Result<Response<T>, Status>) -> Result<T> {
+    /// A stream on `m` broke: skip that address for a while and look the names up again.
+    pub fn mark_down(&self, m: &Member) {
+        self.inner.pool.mark_down(m);
+    }
+
+    fn note<T>(&self, m: &Member, r: std::result::Result<Response<T>, Status>) -> Result<T> {
         match r {
             Ok(r) => {
-                self.inner.pool.mark_up(i);
+                self.inner.pool.mark_up(m);
                 Ok(r.into_inner())
             }
             Err(s) => {
                 if s.code() == Code::Unavailable {
-                    self.inner.pool.mark_down(i);
+                    self.inner.pool.mark_down(m);
                 }
                 Err(s.into())
             }
         }
     }
 
-    /// `grpc.health.v1` Check of `service` ("" = the server as a whole) on every endpoint.
+    /// `grpc.health.v1` Check of `service` ("" = the server as a whole) on every address.
     pub async fn health(&self, service: &str) -> Vec<EndpointHealth> {
+        self.inner.pool.ready().await;
         let mut out = Vec::new();
-        for (i, uri) in self.inner.pool.uris().enumerate() {
+        for m in self.inner.pool.members().iter() {
             let req = self.request(
                 tonic_health::pb::HealthCheckRequest {
                     service: service.into(),
                 },
                 self.timeout,
             );
-            let r = HealthClient::new(self.inner.pool.channel(i))
-                .check(req)
-                .await;
+            let r = HealthClient::new(m.channel()).check(req).await;
             let status = match r {
                 Ok(r) => ServingStatus::try_from(r.into_inner().status)
                     .map_or_else(|_| "UNKNOWN".to_string(), |s| s.as_str_name().to_string()),
                 Err(s) => format!("{:?}: {}", s.code(), s.message()),
             };
             out.push(EndpointHealth {
-                endpoint: uri.to_string(),
+                endpoint: m.label().to_string(),
                 service: service.to_string(),
                 serving: status == "SERVING",
                 status,

@@ -104,6 +104,12 @@ impl Batch {
             s.retries,
             batch::summary_path(&a.out).display()
         );
+        if s.rows_per_endpoint.len() > 1 {
+            eprintln!("rows per server address:");
+            for (addr, n) in &s.rows_per_endpoint {
+                eprintln!("  {n:>8}  {addr}");
+            }
+        }
         if let Some(acc) = &s.accuracy {
             eprint!("{}", acc.render());
         }

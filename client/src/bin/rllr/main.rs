@@ -42,9 +42,10 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct Conn {
-    /// Server endpoints, comma-separated (http://host:port or https://host:port). Calls and batch
-    /// streams are spread round-robin over them and an endpoint that just failed is skipped, so
-    /// one server going down does not stop the work.
+    /// Server endpoints, comma-separated (http://host:port or https://host:port). A host name is
+    /// resolved to all its addresses (a Kubernetes headless Service lists every ready pod), and
+    /// calls and batch streams are spread round-robin over every address; one that just failed
+    /// is skipped, so one server going down does not stop the work.
     #[arg(
         long = "endpoint",
         env = "RLLR_CLIENT_ENDPOINTS",
@@ -79,6 +80,16 @@ struct Conn {
         global = true
     )]
     timeout_s: f64,
+    /// Seconds between lookups of the endpoint names, so replicas that come and go are followed
+    /// (an address that fails also triggers a lookup); 0 = resolve never and leave names to the
+    /// connector (one connection per name, the behaviour behind a ClusterIP Service).
+    #[arg(
+        long,
+        env = "RLLR_CLIENT_RESOLVE_EVERY_S",
+        default_value_t = 10.0,
+        global = true
+    )]
+    resolve_every_s: f64,
     /// Attempts per call on UNAVAILABLE / RESOURCE_EXHAUSTED (server restarting, queue full),
     /// with exponential backoff and jitter; never past the deadline.
     #[arg(long, env = "RLLR_CLIENT_ATTEMPTS", default_value_t = 5, global = true)]
@@ -113,6 +124,7 @@ fn secs(s: f64) -> Option<Duration> {
 fn client(c: &Conn) -> Result<Client> {
     let mut cfg = ClientConfig::new(c.endpoints.iter().map(|e| e.trim().to_string()))
         .timeout(secs(c.timeout_s))
+        .resolve_every(secs(c.resolve_every_s))
         .retry(RetryPolicy {
             max_attempts: c.attempts.max(1),
             ..RetryPolicy::default()
