@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Static checks of what operators deploy (CI runs this; no cluster or container daemon needed):
 #   - hadolint over Dockerfile and Dockerfile.cuda (.hadolint.yaml says what is ignored and why);
-#   - every Kubernetes manifest of deploy/ against the Kubernetes API schemas (kubernetes-validate,
+#   - every Kubernetes manifest of deploy/ (base, jobs) against the Kubernetes API schemas (kubernetes-validate,
 #     --strict: unknown fields fail), plus the kustomize-rendered base and GPU overlay when kubectl
 #     is installed; the Prometheus Operator kinds have no schema there and are checked by content:
 #   - the PrometheusRule's groups with `promtool check rules`;
@@ -22,12 +22,12 @@ echo "check-deploy: hadolint"
 "$venv/bin/hadolint" Dockerfile Dockerfile.cuda
 
 echo "check-deploy: Kubernetes schemas"
-manifests=$(ls deploy/base/*.yaml | grep -v kustomization.yaml)
+manifests=$(ls deploy/base/*.yaml deploy/jobs/*.yaml | grep -v kustomization.yaml)
 # shellcheck disable=SC2086
 "$venv/bin/kubernetes-validate" --strict --quiet $manifests
 if command -v kubectl >/dev/null; then
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-    for k in deploy/base deploy/overlays/gpu; do
+    for k in deploy/base deploy/overlays/gpu deploy/jobs; do
         kubectl kustomize "$k" > "$tmp/rendered.yaml"
         "$venv/bin/kubernetes-validate" --strict --quiet "$tmp/rendered.yaml"
     done

@@ -43,6 +43,7 @@ use crate::input::{self, BadRecord, Format, Record};
 use crate::report::{self, Accuracy};
 use crate::resume;
 use crate::retry::RetryPolicy;
+use crate::shard::Shard;
 
 /// What to do with a malformed input record or a duplicate id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
@@ -87,6 +88,8 @@ pub struct BatchConfig {
     pub progress: bool,
     /// Test hook: abort the process (as a crash would) after writing this many rows.
     pub stop_after: Option<usize>,
+    /// Only the records of this shard ([`crate::shard`]); None: all of them.
+    pub shard: Option<Shard>,
 }
 
 impl BatchConfig {
@@ -115,6 +118,7 @@ impl BatchConfig {
             },
             progress: false,
             stop_after: None,
+            shard: None,
         }
     }
 }
@@ -132,8 +136,12 @@ pub struct FailedRecord {
 pub struct BatchSummary {
     pub input: String,
     pub output: String,
-    /// Usable records in the input (after dropping bad ones and duplicates).
+    /// Usable records in the input (after dropping bad ones and duplicates, and keeping only
+    /// this shard's).
     pub records: usize,
+    /// The shard this job ran (`--shard I/N`); absent for a whole-input job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
     /// Malformed records and duplicate ids, with line numbers.
     pub bad_records: Vec<BadRecord>,
     pub on_bad_record: OnBadRecord,
@@ -275,15 +283,18 @@ fn handling(code: Code) -> Handling {
 }
 
 /// Read the input, drop bad records and duplicate ids (reporting them), in line order.
-fn read_input(cfg: &BatchConfig) -> Result<(Vec<Record>, Vec<BadRecord>)> {
-    let format = cfg.format.unwrap_or_else(|| Format::detect(&cfg.input));
-    let parsed = if cfg.input.as_os_str() == "-" {
+pub(crate) fn read_input(
+    path: &Path,
+    format: Option<Format>,
+) -> Result<(Vec<Record>, Vec<BadRecord>)> {
+    let format = format.unwrap_or_else(|| Format::detect(path));
+    let parsed = if path.as_os_str() == "-" {
         input::parse(std::io::stdin().lock(), format)
     } else {
-        let f = std::fs::File::open(&cfg.input).map_err(Error::io(&cfg.input))?;
+        let f = std::fs::File::open(path).map_err(Error::io(path))?;
         input::parse(f, format)
     }
-    .map_err(Error::io(&cfg.input))?;
+    .map_err(Error::io(path))?;
     let mut bad = parsed.bad;
     let mut first: HashMap<String, usize> = HashMap::new();
     let mut records = Vec::with_capacity(parsed.records.len());
@@ -537,7 +548,11 @@ fn writer(
 pub async fn run(client: &Client, cfg: BatchConfig) -> Result<BatchSummary> {
     let t0 = Instant::now();
     let cfg = Arc::new(cfg);
-    let (records, bad) = read_input(&cfg)?;
+    let (mut records, bad) = read_input(&cfg.input, cfg.format)?;
+    if let Some(shard) = cfg.shard {
+        // After validation and de-duplication: the shards of one input are disjoint and cover it.
+        records.retain(|r| shard.contains(&r.id));
+    }
     for b in &bad {
         tracing::warn!("{}: {b}", cfg.input.display());
     }
@@ -560,6 +575,16 @@ pub async fn run(client: &Client, cfg: BatchConfig) -> Result<BatchSummary> {
             bytes = resumed.truncated,
             "cut a torn last line off the output"
         );
+    }
+    if let Some(shard) = cfg.shard {
+        // Rows of another shard (or of a whole-input run) mean the output is not this shard's:
+        // continuing would mix shards and break the merge's exactly-once check.
+        if let Some(other) = resumed.done.iter().find(|id| !shard.contains(id)) {
+            return Err(Error::Batch(format!(
+                "{} holds id '{other}', which is not in shard {shard}: it was written by another shard or an unsharded run; refusing to mix them (use a separate --out per shard)",
+                cfg.output.display()
+            )));
+        }
     }
     let already_done = records
         .iter()
@@ -656,6 +681,7 @@ pub async fn run(client: &Client, cfg: BatchConfig) -> Result<BatchSummary> {
         input: cfg.input.display().to_string(),
         output: cfg.output.display().to_string(),
         records: records.len(),
+        shard: cfg.shard,
         bad_records: bad,
         on_bad_record: cfg.on_bad_record,
         already_done,
@@ -669,10 +695,7 @@ pub async fn run(client: &Client, cfg: BatchConfig) -> Result<BatchSummary> {
         rows_per_endpoint: client.answered(),
     };
     let sp = summary_path(&cfg.output);
-    let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
-    // Temp file + rename: a crash mid-write leaves the previous summary (or none), never half of one.
-    let tmp = sp.with_extension("json.tmp");
-    std::fs::write(&tmp, json + "\n").map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, &sp).map_err(Error::io(&sp))?;
+    let json = serde_json::to_string_pretty(&summary).expect("summary serialises") + "\n";
+    resume::write_atomic(&sp, json.as_bytes())?;
     Ok(summary)
 }

@@ -41,6 +41,9 @@ pub enum Error {
     /// The batch job could not finish (it can be restarted: finished rows are kept).
     #[error("batch job: {0}")]
     Batch(String),
+    /// `rllr merge` found the shard outputs incomplete, or one unreadable.
+    #[error("merge: {0}")]
+    Merge(String),
 }
 
 impl From<tonic::Status> for Error {

@@ -23,10 +23,12 @@ pub mod batch;
 pub mod client;
 pub mod error;
 pub mod input;
+pub mod merge;
 pub mod pool;
 pub mod report;
 pub mod resume;
 pub mod retry;
+pub mod shard;
 
 pub use client::{Client, ClientConfig};
 pub use error::{Error, Result};

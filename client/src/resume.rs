@@ -71,6 +71,19 @@ pub fn append_line(f: &mut File, json: &str) -> std::io::Result<()> {
     f.write_all(line.as_bytes())
 }
 
+/// Write `bytes` to `path` through a temp file and a rename: a crash mid-write leaves the previous
+/// file (or none), never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
+    f.write_all(bytes).map_err(Error::io(&tmp))?;
+    f.sync_all().map_err(Error::io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(Error::io(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -379,3 +379,78 @@ async fn bad_records_are_reported_by_line_and_skipped_or_fail_the_job() {
     );
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_shards_merge_into_the_whole_input_and_a_lost_shard_is_caught() {
+    let root = model_root();
+    let server = start(config(root.path())).await;
+    let url = url(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_input(&input, 24);
+    let mut outs = Vec::new();
+    for i in 0..3 {
+        let out = dir.path().join(format!("shard-{i}.jsonl"));
+        // Shard 2 takes its index from the Indexed Job's variable.
+        let shard = if i == 2 {
+            "auto/3".to_string()
+        } else {
+            format!("{i}/3")
+        };
+        let mut c = batch_cmd(&url, &input, &out, &["--shard", &shard]);
+        c.env("JOB_COMPLETION_INDEX", "2");
+        let o = output(c).await;
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(summary(&out)["shard"]["index"], i);
+        outs.push(out);
+    }
+    let sizes: Vec<usize> = outs.iter().map(|o| line_count(o)).collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 24, "{sizes:?}");
+
+    // Resuming shard 0's output as shard 1 would mix shards: refused, output untouched.
+    let before = std::fs::read(&outs[0]).unwrap();
+    let o = output(batch_cmd(&url, &input, &outs[0], &["--shard", "1/3"])).await;
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not in shard 1/3"), "{}", text(&o));
+    assert_eq!(std::fs::read(&outs[0]).unwrap(), before);
+
+    let merged = dir.path().join("merged.jsonl");
+    let merge = |shards: &[std::path::PathBuf]| {
+        let mut c = Command::new(RLLR);
+        c.args(["merge", "--input"])
+            .arg(&input)
+            .arg("--out")
+            .arg(&merged)
+            .args(shards)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let o = output(merge(&outs[..2])).await;
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(&format!("{} missing id(s)", sizes[2])),
+        "{}",
+        text(&o)
+    );
+    assert!(!merged.exists());
+
+    let o = output(merge(&outs)).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let ids: Vec<String> = std::fs::read_to_string(&merged)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, (0..24).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    let s = summary(&merged);
+    assert_eq!(
+        (s["complete"].as_bool(), s["accuracy"]["n"].as_u64()),
+        (Some(true), Some(24))
+    );
+}

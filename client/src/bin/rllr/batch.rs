@@ -9,6 +9,7 @@ use anyhow::Result;
 use clap::Args;
 use rllr_client::batch::{self, BatchConfig, OnBadRecord};
 use rllr_client::input::Format;
+use rllr_client::shard::Shard;
 use rllr_client::Client;
 
 use crate::args::Generation;
@@ -64,6 +65,13 @@ pub struct Batch {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long, env = "RLLR_CLIENT_NO_PROGRESS")]
     no_progress: bool,
+    /// Run only shard I of N ('I/N', 0 ≤ I < N), so N workers (the pods of a Kubernetes Indexed
+    /// Job) split one input with no overlap; 'auto/N' takes I from JOB_COMPLETION_INDEX, which
+    /// Kubernetes sets in each pod. A record's shard is a stable hash of its id, so re-ordering or
+    /// appending to the input keeps assignments. Give each shard its own --out and join them
+    /// with `rllr merge`, which checks that nothing is missing.
+    #[arg(long, env = "RLLR_CLIENT_SHARD")]
+    shard: Option<Shard>,
     /// Test hook: abort after writing N rows, like a crash.
     #[arg(long, env = "RLLR_CLIENT_STOP_AFTER", hide = true)]
     stop_after: Option<usize>,
@@ -86,6 +94,7 @@ impl Batch {
         cfg.give_up_after = secs(a.give_up_after_s).unwrap_or(Duration::from_secs(120));
         cfg.progress = !a.no_progress && std::io::stderr().is_terminal();
         cfg.stop_after = a.stop_after;
+        cfg.shard = a.shard;
         let s = batch::run(c, cfg).await?;
         for b in &s.bad_records {
             eprintln!("skipped {}: {b}", s.input);

@@ -8,6 +8,7 @@ mod args;
 mod batch;
 mod classify;
 mod compare;
+mod merge;
 mod output;
 mod score;
 mod server;
@@ -115,6 +116,7 @@ enum Cmd {
     Info(server::Info),
     Health(server::Health),
     Batch(batch::Batch),
+    Merge(merge::Merge),
 }
 
 fn secs(s: f64) -> Option<Duration> {
@@ -147,6 +149,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Info(a) => a.run(&c, out).await,
         Cmd::Health(a) => a.run(&c, out).await,
         Cmd::Batch(a) => a.run(&c).await,
+        Cmd::Merge(a) => a.run(),
     }
 }
 
