@@ -154,6 +154,22 @@ pub struct ServerConfig {
     /// balancers and Kubernetes endpoints stop sending new calls before the port goes away.
     #[arg(long, env = "RLLR_SERVER_DRAIN_DELAY_S", default_value_t = 0)]
     pub drain_delay_s: u64,
+    /// OTLP/gRPC collector for traces (e.g. http://otel-collector:4317). Unset: no spans are
+    /// exported (off by default: without a collector the exporter would only log errors). Each
+    /// RPC then gets a server span continuing the caller's W3C `traceparent`.
+    #[arg(long, env = "RLLR_SERVER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    #[arg(
+        long,
+        env = "RLLR_SERVER_OTEL_SERVICE_NAME",
+        default_value = "rllr-server"
+    )]
+    pub otel_service_name: String,
+    /// Fraction of root traces sampled (calls without a sampled `traceparent`); a caller's
+    /// sampling decision is always followed.
+    #[arg(long, env = "RLLR_SERVER_OTEL_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub otel_sample_ratio: f64,
     /// Log lines as human-readable text or JSON objects (for log collectors).
     #[arg(long, env = "RLLR_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -16,6 +16,7 @@ pub mod http;
 pub mod label_fork;
 pub mod metrics;
 pub mod models;
+pub mod otel;
 pub mod policy;
 pub mod registry;
 pub mod revision;

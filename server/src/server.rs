@@ -47,6 +47,8 @@ pub struct RunningServer {
     reporter: HealthReporter,
     /// Set when shutdown begins, so a model event cannot turn health back to SERVING.
     draining: Arc<AtomicBool>,
+    /// The OTLP provider, flushed after the drain.
+    otel: Option<crate::otel::Otel>,
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
@@ -69,7 +71,14 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
                 anyhow::anyhow!("loading model '{}' from {}: {e}", m.name, m.path.display())
             })?;
     }
-    let state = Arc::new(AppState::new(cfg.clone(), registry.clone()));
+    let otel = crate::otel::init(
+        cfg.otlp_endpoint.as_deref(),
+        &cfg.otel_service_name,
+        cfg.otel_sample_ratio,
+    )?;
+    let mut state = AppState::new(cfg.clone(), registry.clone());
+    state.tracer = otel.as_ref().map(|o| o.tracer.clone());
+    let state = Arc::new(state);
 
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut changed = registry.subscribe();
@@ -178,6 +187,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         registry,
         reporter,
         draining,
+        otel,
         shutdown: Some(tx),
         join,
         http,
@@ -229,6 +239,13 @@ impl RunningServer {
             }
         }
         self.registry.clear();
+        if let Some(o) = self.otel.take() {
+            // Flush the spans still batched; blocking, so off the async workers.
+            let flushed = tokio::task::spawn_blocking(move || o.provider.shutdown()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(error = %e, "flushing the OTLP exporter failed");
+            }
+        }
         Ok(())
     }
 }

@@ -25,6 +25,8 @@ pub struct AppState {
     next_id: AtomicU64,
     /// When the server started (for `GetServerInfo.uptime_s`).
     pub started: Instant,
+    /// The OTLP tracer when `otlp_endpoint` is set.
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 /// One RPC in progress: holds its admission permit (and its place in `rllr_requests_in_flight`)
@@ -38,6 +40,8 @@ pub struct Call {
     pub protocol: &'static str,
     /// The models this call used, (name, revision), in the order first used.
     models: Mutex<Vec<(String, String)>>,
+    /// The server span (tracing on, and the call came with metadata).
+    span: Option<opentelemetry_sdk::trace::Span>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -75,6 +79,7 @@ impl AppState {
             registry,
             next_id: AtomicU64::new(1),
             started: Instant::now(),
+            tracer: None,
         }
     }
 
@@ -115,10 +120,17 @@ impl AppState {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Call {
         metrics::gauge!("rllr_requests_in_flight", "method" => method).increment(1.0);
+        let id = md.and_then(caller_request_id).unwrap_or_else(|| self.id());
+        let protocol = protocol(md);
+        let span = match (&self.tracer, md) {
+            (Some(t), Some(md)) => Some(crate::otel::server_span(t, md, method, &id, protocol)),
+            _ => None,
+        };
         Call {
-            id: md.and_then(caller_request_id).unwrap_or_else(|| self.id()),
+            id,
             method,
-            protocol: protocol(md),
+            protocol,
+            span,
             start: Instant::now(),
             deadline,
             models: Mutex::new(Vec::new()),
@@ -194,7 +206,7 @@ impl Call {
     }
 
     /// Record the outcome and turn it into a tonic response (with `x-request-id`).
-    pub fn finish<T>(self, result: Result<T>) -> std::result::Result<Response<T>, Status> {
+    pub fn finish<T>(mut self, result: Result<T>) -> std::result::Result<Response<T>, Status> {
         let v = match result {
             Ok(v) => v,
             Err(e) => return Err(self.fail(e)),
@@ -210,6 +222,7 @@ impl Call {
         if let Ok(v) = self.id.parse() {
             r.metadata_mut().insert("x-request-id", v);
         }
+        self.end_span(tonic::Code::Ok, r.metadata_mut());
         Ok(r)
     }
 
@@ -238,7 +251,7 @@ impl Call {
     }
 
     /// Record a failure and return its status (with `x-request-id`).
-    pub fn fail(self, e: Error) -> Status {
+    pub fn fail(mut self, e: Error) -> Status {
         let (_, model) = self.record_duration();
         record_failure(self.method, self.protocol, &model, &e);
         tracing::info!(request_id = %self.id, method = self.method, error = %e, "request failed");
@@ -246,7 +259,18 @@ impl Call {
         if let Ok(v) = self.id.parse() {
             status.metadata_mut().insert("x-request-id", v);
         }
+        self.end_span(status.code(), status.metadata_mut());
         status
+    }
+
+    /// End the server span with `code`, echoing its `traceparent` in `md`.
+    fn end_span(&mut self, code: tonic::Code, md: &mut MetadataMap) {
+        if let Some(span) = self.span.take() {
+            if let Some(v) = crate::otel::traceparent(&span).and_then(|t| t.parse().ok()) {
+                md.insert("traceparent", v);
+            }
+            crate::otel::end(span, code, &self.model_label());
+        }
     }
 
     /// Outcome of one stream message, as a status.
