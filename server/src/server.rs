@@ -49,6 +49,8 @@ pub struct RunningServer {
     draining: Arc<AtomicBool>,
     /// The OTLP provider, flushed after the drain.
     otel: Option<crate::otel::Otel>,
+    /// To end open streams when the listener closes.
+    state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
@@ -79,6 +81,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let mut state = AppState::new(cfg.clone(), registry.clone());
     state.tracer = otel.as_ref().map(|o| o.tracer.clone());
     let state = Arc::new(state);
+    let app_state = state.clone();
 
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut changed = registry.subscribe();
@@ -188,6 +191,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         reporter,
         draining,
         otel,
+        state: app_state,
         shutdown: Some(tx),
         join,
         http,
@@ -216,6 +220,7 @@ impl RunningServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        self.state.close_streams();
         let started = std::time::Instant::now();
         if let Some((tx, mut join)) = self.http.take() {
             let _ = tx.send(());

@@ -27,6 +27,8 @@ pub struct AppState {
     pub started: Instant,
     /// The OTLP tracer when `otlp_endpoint` is set.
     pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    /// Set when the listener closes; see [`AppState::close_streams`].
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// One RPC in progress: holds its admission permit (and its place in `rllr_requests_in_flight`)
@@ -80,7 +82,20 @@ impl AppState {
             next_id: AtomicU64::new(1),
             started: Instant::now(),
             tracer: None,
+            closing: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// The listener is closing (SIGTERM, after the drain delay): open streams stop taking new
+    /// messages, answer the ones they took, and end with UNAVAILABLE so clients reopen elsewhere.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`AppState::close_streams`] has been called.
+    pub async fn closed(&self) {
+        let mut r = self.closing.subscribe();
+        let _ = r.wait_for(|&c| c).await;
     }
 
     fn id(&self) -> String {

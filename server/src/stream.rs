@@ -4,7 +4,10 @@
 //! and with other clients' work) while a forwarder awaits the tasks in arrival order, so replies
 //! come back in request order. At most `MAX_IN_FLIGHT` messages of one stream are in progress; each
 //! waits for an admission permit rather than failing. The first failed message ends the stream
-//! with its status; a client that goes away stops the reading and drops the queued work.
+//! with its status; a client that goes away stops the reading and drops the queued work. When the
+//! server shuts down, a stream stops reading, answers every message it took, then ends with
+//! UNAVAILABLE: a long-lived batch stream would otherwise hold the drain open until the shutdown
+//! timeout and be cut mid-answer, while this way the client resends the rest to another replica.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +41,7 @@ where
     let (tx, rx) = mpsc::channel::<Result<Resp, Status>>(64);
     let (order_tx, mut order_rx) = mpsc::channel::<JoinHandle<Result<Resp, Status>>>(MAX_IN_FLIGHT);
     let out = tx.clone();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         while let Some(h) = order_rx.recv().await {
             let r = h.await.unwrap_or_else(|e| {
@@ -45,13 +49,28 @@ where
             });
             let failed = r.is_err();
             if out.send(r).await.is_err() || failed {
-                break;
+                return;
             }
+        }
+        // Every message taken is answered; say why the stream ends if the server is going away.
+        if closed_rx.await.is_ok() {
+            let _ = out
+                .send(Err(Status::unavailable(
+                    "server shutting down: the messages sent so far are answered, send the rest to another replica",
+                )))
+                .await;
         }
     });
     tokio::spawn(async move {
+        let mut closed_tx = Some(closed_tx);
         loop {
             tokio::select! {
+                _ = state.closed() => {
+                    if let Some(c) = closed_tx.take() {
+                        let _ = c.send(());
+                    }
+                    break;
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
                         let st = state.clone();

@@ -106,3 +106,52 @@ async fn requests_accepted_before_the_listener_closes_are_answered() {
     let err = late.classify(classify()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_batch_stream_is_answered_then_ended_with_unavailable_at_shutdown() {
+    let root = model_root();
+    let server = start(config(root.path())).await;
+    let ch = tonic::transport::Endpoint::from_shared(url(&server))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // A batch job's stream: messages sent, the request side left open (more would follow).
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for _ in 0..3 {
+        tx.send(classify()).await.unwrap();
+    }
+    let mut replies = PolicyServiceClient::new(ch)
+        .classify_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let drain = Duration::from_secs(30);
+    let began = Instant::now();
+    let stop = tokio::spawn(server.shutdown_after(Duration::ZERO, drain));
+    let mut answered = 0;
+    let end = loop {
+        match replies.message().await {
+            Ok(Some(r)) => {
+                assert_eq!(r.results.len(), 4);
+                answered += 1;
+            }
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(
+        answered, 3,
+        "every message sent before shutdown is answered"
+    );
+    assert_eq!(end.code(), Code::Unavailable, "{end}");
+    stop.await.unwrap().unwrap();
+    let stopped = began.elapsed();
+    assert!(
+        stopped < drain / 2,
+        "the open stream held the drain for {stopped:?}"
+    );
+    drop(tx);
+}
