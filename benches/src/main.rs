@@ -244,7 +244,14 @@ fn run_rllr(args: &Args, which: &[&str]) -> Result<Value> {
 fn run_peer(args: &Args, which: &[&str]) -> Result<Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("torch_peer.py");
     let out = tempfile_path("rllr-peer.json");
-    let status = Command::new(&args.python)
+    let mut cmd = Command::new(&args.python);
+    if rllr_core::isa() == rllr_core::Isa::Avx2 {
+        // The peer runs the same instruction set: PyTorch's own kernels, MKL and oneDNN.
+        cmd.env("ATEN_CPU_CAPABILITY", "avx2")
+            .env("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+            .env("ONEDNN_MAX_CPU_ISA", "AVX2");
+    }
+    let status = cmd
         .arg(&script)
         .arg("--model")
         .arg(&args.model.model)
@@ -316,6 +323,12 @@ fn main() -> Result<()> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
+    let isa = rllr_core::isa();
+    eprintln!(
+        "rllr kernels: {} (RLLR_ISA={}; gemm picks its own from the CPU)",
+        isa.name(),
+        std::env::var("RLLR_ISA").unwrap_or_else(|_| "auto".into())
+    );
     let rllr = run_rllr(&args, &which)?;
     let peer = if args.no_peer {
         Value::Null
@@ -325,6 +338,7 @@ fn main() -> Result<()> {
     print_table(&which, &rllr, &peer["results"]);
     let report = json!({
         "model": args.model.model, "threads": args.threads, "repeats": args.repeats,
+        "isa": isa.name(),
         "rllr": rllr, "peer": peer,
     });
     if let Some(path) = &args.json {

@@ -13,6 +13,10 @@
 //!   bidi streams (spread round-robin over the endpoints) with at most `concurrency` chunks in
 //!   flight in all. The server answers each stream in order, so the first unanswered chunk of a
 //!   stream is the one a failure belongs to.
+//! - **Rebalancing**: a stream lives for `rotate_every` at most; then it takes no new chunk, waits
+//!   for the ones in flight, closes and is opened again on the next address in the round. So an
+//!   address that joins (a restarted or added replica) gets a share of a long job within about
+//!   that time, instead of never (streams only moved when one broke).
 //! - **Failures**: a status that says the work did not run (UNAVAILABLE, RESOURCE_EXHAUSTED, a
 //!   broken connection, no reply within `request_timeout`) puts the stream's unanswered chunks back
 //!   in the queue and reopens the stream after an exponential backoff with jitter; the job gives up
@@ -56,6 +60,10 @@ pub enum OnBadRecord {
     Fail,
 }
 
+/// How long a batch stream lives before it is reopened on the next address (the client's
+/// default re-resolve period, so a new replica found by a lookup gets work at the next rotation).
+pub const ROTATE_EVERY: Duration = crate::client::RESOLVE_EVERY;
+
 /// Settings of one batch job.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
@@ -84,6 +92,9 @@ pub struct BatchConfig {
     pub give_up_after: Duration,
     /// Backoff between stream reopenings.
     pub retry: RetryPolicy,
+    /// A stream is closed (after its chunks in flight are answered) and opened again on the next
+    /// address this long after it opened, so replicas that join get work (None: never).
+    pub rotate_every: Option<Duration>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
     /// Test hook: abort the process (as a crash would) after writing this many rows.
@@ -119,6 +130,7 @@ impl BatchConfig {
             progress: false,
             stop_after: None,
             shard: None,
+            rotate_every: Some(ROTATE_EVERY),
         }
     }
 }
@@ -403,8 +415,15 @@ async fn stream_worker(
             }
         };
         let mut inflight: VecDeque<(Chunk, Instant)> = VecDeque::new();
+        let mut close_at = cfg.rotate_every.map(|d| Instant::now() + d);
         let error: String = loop {
-            while inflight.len() < window {
+            let mut rotate = close_at.is_some_and(|t| Instant::now() >= t);
+            if rotate && client.endpoints().await.len() < 2 {
+                // One address: reopening would land on it again.
+                rotate = false;
+                close_at = cfg.rotate_every.map(|d| Instant::now() + d);
+            }
+            while !rotate && inflight.len() < window {
                 let Some(chunk) = shared.take() else { break };
                 if req_tx.send(request(&chunk, &cfg)).await.is_err() {
                     shared.requeue([chunk]);
@@ -415,6 +434,11 @@ async fn stream_worker(
             if inflight.is_empty() {
                 if shared.finished() {
                     return;
+                }
+                if rotate {
+                    // Every chunk of this stream is answered: close it and open the next one
+                    // on the next address in the round (no failure, no backoff).
+                    break String::new();
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(100), shared.notify.notified())
                     .await;

@@ -21,6 +21,7 @@ pub mod template;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use skinny::{isa, Isa};
 pub mod batch;
 pub mod kv_cache;
 pub mod lora;

@@ -208,8 +208,10 @@ fn describe() {
         "classify_stream",
         "classify_batch",
     ] {
-        metrics::counter!("rllr_requests_total", "method" => method, "model" => "").increment(0);
-        metrics::counter!("rllr_request_success_total", "method" => method, "model" => "")
+        // Same label set as the series requests write (state.rs), so no series lacks a label.
+        metrics::counter!("rllr_requests_total", "method" => method, "protocol" => "grpc", "model" => "")
+            .increment(0);
+        metrics::counter!("rllr_request_success_total", "method" => method, "protocol" => "grpc", "model" => "")
             .increment(0);
         metrics::gauge!("rllr_requests_in_flight", "method" => method).set(0.0);
     }

@@ -427,12 +427,12 @@ impl PolicyService for PolicyApi {
     ) -> std::result::Result<Response<Self::ClassifyBatchStream>, Status> {
         self.state
             .authorize(req.metadata(), "classify_batch", Role::User)?;
-        let deadline = state::deadline(req.metadata());
+        let md = req.metadata().clone();
         let s = crate::stream::ordered(
             self.state.clone(),
+            &md,
             req.into_inner(),
             "classify_batch",
-            deadline,
             |st, r, call| async move {
                 let out = call.within(classify(&st, r, &call, None)).await;
                 call.finish_item(out)

@@ -291,12 +291,12 @@ impl RewardService for RewardApi {
     ) -> std::result::Result<Response<Self::ScoreStreamStream>, Status> {
         self.state
             .authorize(req.metadata(), "score_stream", Role::User)?;
-        let deadline = state::deadline(req.metadata());
+        let md = req.metadata().clone();
         let s = crate::stream::ordered(
             self.state.clone(),
+            &md,
             req.into_inner(),
             "score_stream",
-            deadline,
             |st, r, call| async move {
                 let out = call.within(score(&st, r, &call)).await;
                 call.finish_item(out)

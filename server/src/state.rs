@@ -66,6 +66,18 @@ fn protocol(md: Option<&MetadataMap>) -> &'static str {
 const MAX_REQUEST_ID: usize = 128;
 
 /// The caller's `x-request-id` when it is printable ASCII of a sane length.
+/// The W3C trace context of a call's metadata, alone: what each message of a stream inherits
+/// (not its request id, which is per message).
+pub fn trace_context(md: &MetadataMap) -> MetadataMap {
+    let mut out = MetadataMap::new();
+    for key in ["traceparent", "tracestate"] {
+        if let Some(v) = md.get(key) {
+            out.insert(key, v.clone());
+        }
+    }
+    out
+}
+
 fn caller_request_id(md: &MetadataMap) -> Option<String> {
     let v = md.get("x-request-id")?.to_str().ok()?.trim();
     let ok = !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic());
@@ -154,11 +166,14 @@ impl AppState {
     }
 
     /// Start one message of a stream: streams wait for a permit instead of failing (TEI does the
-    /// same), so a long batch job is throttled rather than refused.
+    /// same), so a long batch job is throttled rather than refused. `trace` holds the stream's
+    /// `traceparent`/`tracestate` ([`trace_context`]): each message gets its own server span in
+    /// the caller's trace, and its own request id.
     pub async fn begin_stream_item(
         &self,
         method: &'static str,
         deadline: Option<Instant>,
+        trace: &MetadataMap,
     ) -> Result<Call> {
         let permit = self
             .permits
@@ -166,7 +181,7 @@ impl AppState {
             .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
-        Ok(self.call(None, method, deadline, Some(permit)))
+        Ok(self.call(Some(trace), method, deadline, Some(permit)))
     }
 
     /// A call that takes no permit (cheap metadata RPCs).

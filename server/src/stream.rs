@@ -16,6 +16,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Status, Streaming};
 
 use crate::error::Error;
@@ -24,12 +25,13 @@ use crate::state::{AppState, Call};
 /// Messages of one stream in progress at once.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
-/// Serve `inbound` with `handle`, replying in order.
+/// Serve `inbound` with `handle`, replying in order; `md` is the stream's metadata (its deadline
+/// and trace context apply to every message).
 pub fn ordered<Req, Resp, F, Fut>(
     state: Arc<AppState>,
+    md: &MetadataMap,
     mut inbound: Streaming<Req>,
     method: &'static str,
-    deadline: Option<Instant>,
     handle: F,
 ) -> ReceiverStream<Result<Resp, Status>>
 where
@@ -38,6 +40,8 @@ where
     F: Fn(Arc<AppState>, Req, Call) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
 {
+    let deadline: Option<Instant> = crate::state::deadline(md);
+    let trace = Arc::new(crate::state::trace_context(md));
     let (tx, rx) = mpsc::channel::<Result<Resp, Status>>(64);
     let (order_tx, mut order_rx) = mpsc::channel::<JoinHandle<Result<Resp, Status>>>(MAX_IN_FLIGHT);
     let out = tx.clone();
@@ -75,8 +79,9 @@ where
                     Ok(Some(req)) => {
                         let st = state.clone();
                         let h = handle.clone();
+                        let trace = trace.clone();
                         let task = tokio::spawn(async move {
-                            let call = st.begin_stream_item(method, deadline).await.map_err(Status::from)?;
+                            let call = st.begin_stream_item(method, deadline, &trace).await.map_err(Status::from)?;
                             h(st, req, call).await
                         });
                         if order_tx.send(task).await.is_err() {

@@ -1,6 +1,6 @@
 //! Grouped-query attention `softmax(scale·q·kᵀ + bias)·v`, and the additive bias (mask) it takes.
 //!
-//! Three paths, chosen by [`attention`]: the one-pass inference kernel (no autograd, AVX-512,
+//! Three paths, chosen by [`attention`]: the one-pass inference kernel (no autograd, AVX-512 or AVX2,
 //! keys and values read in place from the KV cache), the fused training op (its backward
 //! recomputes the probabilities instead of keeping them), and the composite.
 
@@ -120,7 +120,7 @@ pub(crate) fn infer_attention(
     Tensor::from_vec(out, (b, h, l, d), q.device())
 }
 
-/// Can [`infer_attention`] take these: no gradient to track, an AVX-512 CPU, whole query groups,
+/// Can [`infer_attention`] take these: no gradient to track, a skinny kernel in use, whole query groups,
 /// and keys and values whose (T, D) block per row and KV head is contiguous.
 pub(crate) fn infer_attention_fits(q: &Tensor, k: &Tensor, v: &Tensor) -> CResult<bool> {
     let (_, h, _, d) = q.dims4()?;
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn inference_attention_matches_composite_on_cache_views() {
-        if skinny::tests::skip_without_avx512() {
+        if skinny::tests::skip_without_kernel() {
             return;
         }
         let (b, kv, rep, d) = (3, 2, 3, 16);

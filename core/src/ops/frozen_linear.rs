@@ -1,6 +1,6 @@
 //! `x·Wᵀ` over a frozen weight: the base product of every projection and of the LM head.
 //!
-//! Three paths, chosen by [`frozen_linear`]: the skinny AVX-512 kernel for decode-sized inputs
+//! Three paths, chosen by [`frozen_linear`]: the skinny AVX-512 or AVX2 kernel for decode-sized inputs
 //! without autograd, the [`FrozenLinear`] op under autograd (its backward skips the weight
 //! gradient), and candle's plain matmul (the composite) otherwise.
 
@@ -71,7 +71,7 @@ fn skinny_linear(x: &Tensor, weight: &Tensor) -> CResult<Tensor> {
 
 /// Inference `x·Wᵢᵀ` for several frozen weights of one decode-sized input in one skinny dispatch
 /// (the q, k and v projections of a decode step); `None` when that path does not apply (tracked
-/// or larger inputs, other devices or dtypes, no AVX-512): the caller then runs them one by one.
+/// or larger inputs, other devices or dtypes, no AVX-512 or AVX2): the caller then runs them one by one.
 pub(crate) fn frozen_linear_many(x: &Tensor, weights: &[&Tensor]) -> CResult<Option<Vec<Tensor>>> {
     let frozen = |w: &Tensor| !w.track_op() && cpu_f32(w) && w.is_contiguous();
     if x.track_op() || !fusable(x) || !skinny_fits(x)? || !weights.iter().all(|w| frozen(w)) {

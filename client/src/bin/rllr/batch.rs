@@ -65,6 +65,11 @@ pub struct Batch {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long, env = "RLLR_CLIENT_NO_PROGRESS")]
     no_progress: bool,
+    /// Seconds a batch stream lives before it is closed (once its requests are answered) and
+    /// opened on the next server address, so replicas that start during a long job (restarted or
+    /// scaled-out pods) get their share; 0 = streams move only when they fail.
+    #[arg(long, env = "RLLR_CLIENT_STREAM_ROTATE_S", default_value_t = 10.0)]
+    stream_rotate_s: f64,
     /// Run only shard I of N ('I/N', 0 ≤ I < N), so N workers (the pods of a Kubernetes Indexed
     /// Job) split one input with no overlap; 'auto/N' takes I from JOB_COMPLETION_INDEX, which
     /// Kubernetes sets in each pod. A record's shard is a stable hash of its id, so re-ordering or
@@ -95,6 +100,7 @@ impl Batch {
         cfg.progress = !a.no_progress && std::io::stderr().is_terminal();
         cfg.stop_after = a.stop_after;
         cfg.shard = a.shard;
+        cfg.rotate_every = secs(a.stream_rotate_s);
         let s = batch::run(c, cfg).await?;
         for b in &s.bad_records {
             eprintln!("skipped {}: {b}", s.input);
