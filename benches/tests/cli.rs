@@ -9,6 +9,7 @@ fn every_bench_binary_follows_the_conventions() {
         env!("CARGO_BIN_EXE_rllr-bench"),
         env!("CARGO_BIN_EXE_rllr-serve-bench"),
         env!("CARGO_BIN_EXE_rllr-batch-bench"),
+        env!("CARGO_BIN_EXE_rllr-soak"),
     ] {
         rllr_cli::conformance::check_binary(Path::new(bin), &[]);
     }
