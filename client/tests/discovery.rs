@@ -48,14 +48,19 @@ async fn calls(c: &Client, n: usize) {
     }
 }
 
-/// Calls answered per server address.
-fn per_addr(c: &Client, a: SocketAddr) -> u64 {
+/// The count of address `a` in a map keyed by member label (`http://IP:port (name:port)`).
+fn count_for(counts: &std::collections::BTreeMap<String, u64>, a: SocketAddr) -> u64 {
     let key = format!("http://{a} ");
-    c.answered()
+    counts
         .iter()
         .filter(|(k, _)| k.starts_with(&key))
         .map(|(_, n)| n)
         .sum()
+}
+
+/// Calls answered per server address.
+fn per_addr(c: &Client, a: SocketAddr) -> u64 {
+    count_for(&c.answered(), a)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -156,15 +161,10 @@ async fn batch_rows_when_a_replica_joins(rotate: Option<Duration>) -> (u64, u64)
         .unwrap()
         .unwrap();
     assert_eq!((s.written, written()), (n, n), "{s:?}");
-    let per = |x: SocketAddr| -> u64 {
-        let key = format!("http://{x} ");
-        s.rows_per_endpoint
-            .iter()
-            .filter(|(k, _)| k.starts_with(&key))
-            .map(|(_, n)| n)
-            .sum()
-    };
-    (per(a.addr), per(b.addr))
+    (
+        count_for(&s.rows_per_endpoint, a.addr),
+        count_for(&s.rows_per_endpoint, b.addr),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

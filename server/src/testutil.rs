@@ -151,6 +151,22 @@ pub fn input(a: &str, b: &str) -> Option<rllr_proto::v1::Input> {
     })
 }
 
+/// A Classify of four NLI inputs on the tiny policy `pol`, up to 48 new tokens each: long enough
+/// to be in flight when a shutdown test stops the server.
+pub fn classify_four() -> rllr_proto::v1::ClassifyRequest {
+    rllr_proto::v1::ClassifyRequest {
+        inputs: (0..4)
+            .map(|i| input(&format!("A man sleeps {i}."), "A person rests.").unwrap())
+            .collect(),
+        model: "pol".into(),
+        params: Some(rllr_proto::v1::GenerationParams {
+            max_new_tokens: Some(48),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn item(a: &str, b: &str, rationale: &str, label: &str) -> rllr_proto::v1::ScoreItem {
     rllr_proto::v1::ScoreItem {
         input: input(a, b),

@@ -8,25 +8,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rllr_proto::v1::{self, policy_service_client::PolicyServiceClient};
+use rllr_proto::v1::policy_service_client::PolicyServiceClient;
 use tonic::Code;
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
-
-fn classify() -> v1::ClassifyRequest {
-    v1::ClassifyRequest {
-        inputs: (0..4)
-            .map(|i| input(&format!("A man sleeps {i}."), "A person rests.").unwrap())
-            .collect(),
-        model: "pol".into(),
-        params: Some(v1::GenerationParams {
-            max_new_tokens: Some(48),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_accepted_before_the_listener_closes_are_answered() {
@@ -60,7 +46,7 @@ async fn requests_accepted_before_the_listener_closes_are_answered() {
         .map(|_| {
             let mut p = PolicyServiceClient::new(ch.clone());
             tokio::spawn(async move {
-                let r = p.classify(classify()).await;
+                let r = p.classify(classify_four()).await;
                 (r, Instant::now())
             })
         })
@@ -78,7 +64,7 @@ async fn requests_accepted_before_the_listener_closes_are_answered() {
         ServingStatus::NotServing as i32
     );
     let mut late = PolicyServiceClient::new(ch.clone());
-    let in_delay = late.classify(classify()).await;
+    let in_delay = late.classify(classify_four()).await;
     assert!(in_delay.is_ok(), "{in_delay:?}");
 
     stop.await.unwrap().unwrap();
@@ -103,7 +89,7 @@ async fn requests_accepted_before_the_listener_closes_are_answered() {
     );
 
     // After the listener closed: UNAVAILABLE, on the old channel and on a new connection.
-    let err = late.classify(classify()).await.unwrap_err();
+    let err = late.classify(classify_four()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
 }
 
@@ -119,7 +105,7 @@ async fn an_open_batch_stream_is_answered_then_ended_with_unavailable_at_shutdow
     // A batch job's stream: messages sent, the request side left open (more would follow).
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     for _ in 0..3 {
-        tx.send(classify()).await.unwrap();
+        tx.send(classify_four()).await.unwrap();
     }
     let mut replies = PolicyServiceClient::new(ch)
         .classify_batch(tokio_stream::wrappers::ReceiverStream::new(rx))

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rllr_proto::v1::{self, policy_service_client::PolicyServiceClient};
+use rllr_proto::v1::policy_service_client::PolicyServiceClient;
 use tonic::Code;
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
@@ -22,20 +22,6 @@ use tonic_health::pb::{
 const DRAIN_DELAY_S: u64 = 2;
 const SHUTDOWN_TIMEOUT_S: u64 = 20;
 const LOAD: usize = 32;
-
-fn classify() -> v1::ClassifyRequest {
-    v1::ClassifyRequest {
-        inputs: (0..4)
-            .map(|i| input(&format!("A man sleeps {i}."), "A person rests.").unwrap())
-            .collect(),
-        model: "pol".into(),
-        params: Some(v1::GenerationParams {
-            max_new_tokens: Some(48),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 async fn health_status(ch: tonic::transport::Channel) -> Result<i32, tonic::Status> {
     HealthClient::new(ch)
@@ -99,7 +85,7 @@ async fn sigterm_under_load_answers_accepted_requests_and_exits_zero() {
         .map(|c| {
             let mut p = PolicyServiceClient::new(c);
             tokio::spawn(async move {
-                let r = p.classify(classify()).await;
+                let r = p.classify(classify_four()).await;
                 (r, Instant::now())
             })
         })
@@ -147,7 +133,7 @@ async fn sigterm_under_load_answers_accepted_requests_and_exits_zero() {
         "refused before the drain delay was over: {closed_at:?}"
     );
     let err = PolicyServiceClient::new(endpoint.connect_lazy())
-        .classify(classify())
+        .classify(classify_four())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
