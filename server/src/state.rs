@@ -65,7 +65,6 @@ fn protocol(md: Option<&MetadataMap>) -> &'static str {
 /// Longest caller-chosen `x-request-id` kept; longer ones are replaced by a server id.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The caller's `x-request-id` when it is printable ASCII of a sane length.
 /// The W3C trace context of a call's metadata, alone: what each message of a stream inherits
 /// (not its request id, which is per message).
 pub fn trace_context(md: &MetadataMap) -> MetadataMap {
@@ -78,6 +77,7 @@ pub fn trace_context(md: &MetadataMap) -> MetadataMap {
     out
 }
 
+/// The caller's `x-request-id` when it is printable ASCII of a sane length.
 fn caller_request_id(md: &MetadataMap) -> Option<String> {
     let v = md.get("x-request-id")?.to_str().ok()?.trim();
     let ok = !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic());
