@@ -4,9 +4,12 @@
 //! through the HTTP/JSON front (`POST /v1/score`, one keep-alive HTTP/1.1 connection per client)
 //! in the same run, so `http_over_grpc` is the cost of HTTP + JSON over gRPC + protobuf.
 //!
-//! The reward model is SmolLM2-135M-Instruct with a fresh random score head (speed does not depend
-//! on the head's values), written as a real reward checkpoint under a temporary model root. Each
-//! client sends one-item Score requests back to back; throughput is items/s over the whole run.
+//! The reward model is SmolLM2-135M-Instruct (`--model`), or a seeded random model of a config's
+//! shape (`--random-config`, with `--tokenizer` copied in: for a GPU box without weights), with a
+//! fresh random score head (speed does not depend on the head's values), written as a real reward
+//! checkpoint under a temporary model root. The server and the in-process engine run on
+//! `--device` in `--dtype`. Each client sends one-item Score requests back to back; throughput is
+//! items/s over the whole run.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
-use rllr_benches::ModelArg;
+use rllr_benches::{ModelArg, RandomModelArgs};
 use rllr_core::checkpoint::{self, Checkpoint};
 use rllr_core::manifest::{Manifest, ModelKind};
 use rllr_core::{Batch, ForwardCtx, PaddingSide};
@@ -31,6 +34,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Args {
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    random: RandomModelArgs,
+    /// With --random-config: the tokenizer.json to copy into the random model directory (the
+    /// server tokenizes text requests; its ids must fit the config's vocab_size).
+    #[arg(long, env = "RLLR_BENCH_TOKENIZER")]
+    tokenizer: Option<PathBuf>,
     /// Concurrent client counts.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     clients: Vec<usize>,
@@ -40,11 +49,14 @@ struct Args {
     /// Words of rationale per item (sets the sequence length).
     #[arg(long, default_value_t = 8)]
     words: usize,
-    /// Engine device.
-    #[arg(long, default_value = "cpu")]
+    /// Engine device of the server and the in-process engine: cpu, cuda or cuda:N.
+    #[arg(long, env = "RLLR_BENCH_DEVICE", default_value = "cpu")]
     device: String,
+    /// Weight dtype of the server and the in-process engine: f32, bf16 or f16 (bf16 on GPUs).
+    #[arg(long, env = "RLLR_BENCH_DTYPE", default_value = "f32")]
+    dtype: String,
     /// Write the results here as JSON.
-    #[arg(long)]
+    #[arg(long, alias = "json")]
     out: Option<PathBuf>,
 }
 
@@ -210,12 +222,13 @@ async fn run_http_clients(
 fn in_process(
     dir: &std::path::Path,
     device: &Device,
+    dtype: DType,
     batch: usize,
     requests: usize,
     words: usize,
 ) -> Result<serde_json::Value> {
     let ckpt = Checkpoint::open(dir)?;
-    let model = ckpt.load_model(DType::F32, device)?;
+    let model = ckpt.load_model(dtype, device)?;
     let tok = ckpt.load_tokenizer()?;
     let tmpl = rllr_core::template::ChatTemplate::from_name("chatml")?;
     let fmt = rllr_core::response::ResponseFormat::default();
@@ -249,7 +262,8 @@ fn in_process(
                 dropout_seed: None,
             },
         )?;
-        model.score(&h, &b, "score")?.to_vec1::<f32>()?;
+        let s = model.score(&h, &b, "score")?;
+        s.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     }
     let wall = t0.elapsed().as_secs_f64();
     Ok(
@@ -261,11 +275,28 @@ fn in_process(
 async fn main() -> Result<()> {
     let args = Args::parse();
     let device = rllr_core::device::parse_device(&args.device)?;
+    let dtype = rllr_core::device::parse_dtype(&args.dtype)?;
+    let tokenizer: Vec<PathBuf> = match (&args.random.random_config, &args.tokenizer) {
+        (Some(_), Some(t)) => vec![t.clone()],
+        (Some(_), None) => anyhow::bail!(
+            "--random-config needs --tokenizer PATH/tokenizer.json: the server tokenizes text"
+        ),
+        (None, _) => vec![],
+    };
+    // The base weights are written in f32 (the server casts to --dtype as it loads).
+    let base = rllr_benches::model_dir(&args.model, &args.random, DType::F32, &tokenizer)?;
     let root = tempfile::tempdir()?;
     let rm_dir = root.path().join("rm");
     {
-        let ckpt = Checkpoint::open(&args.model.model)
-            .with_context(|| format!("opening {}", args.model.model.display()))?;
+        let ckpt = Checkpoint::open(&base.path)
+            .with_context(|| format!("opening {}", base.path.display()))?;
+        let vocab = ckpt.load_tokenizer()?.get_vocab_size(true);
+        anyhow::ensure!(
+            vocab <= ckpt.config.vocab_size,
+            "the tokenizer has {vocab} ids but the model's vocab_size is {}; pick a tokenizer \
+             that fits the config",
+            ckpt.config.vocab_size
+        );
         let mut model = ckpt.load_model(DType::F32, &Device::Cpu)?;
         model.add_new_head("score", false, 7)?;
         let mut m = Manifest::new(ModelKind::Reward, "bench");
@@ -274,15 +305,9 @@ async fn main() -> Result<()> {
         m.task_spec = Some(serde_json::from_value(
             json!({"name": "nli", "instruction": "Does the premise entail the hypothesis?", "input_fields": ["premise", "hypothesis"], "labels": [{"name": "entailment"}, {"name": "neutral"}, {"name": "contradiction"}]}),
         )?);
-        checkpoint::save_model(
-            &model,
-            &rm_dir,
-            Some("score"),
-            Some(&args.model.model),
-            Some(&m),
-        )?;
+        checkpoint::save_model(&model, &rm_dir, Some("score"), Some(&base.path), Some(&m))?;
     }
-    let mut results = json!({"model": args.model.model.display().to_string(), "device": args.device, "grpc": {}, "http": {}, "http_over_grpc": [], "in_process": []});
+    let mut results = json!({"model": base.path.display().to_string(), "random_config": args.random.random_config, "device": args.device, "dtype": args.dtype, "grpc": {}, "http": {}, "http_over_grpc": [], "in_process": []});
     for (label, max_batch) in [("batching_on", 64usize), ("batching_off", 1)] {
         let cfg = rllr_server::ServerConfig {
             listen: "127.0.0.1:0".into(),
@@ -295,6 +320,7 @@ async fn main() -> Result<()> {
             model_root: root.path().to_path_buf(),
             models: vec!["rm=rm".parse().map_err(|e: String| anyhow::anyhow!(e))?],
             device: args.device.clone(),
+            dtype: args.dtype.clone(),
             max_batch_size: max_batch,
             max_concurrent_requests: 1024,
             queue_capacity: 4096,
@@ -334,7 +360,7 @@ async fn main() -> Result<()> {
     let dir = Arc::new(rm_dir);
     for b in [1usize, 64] {
         let (d, dev, n, w) = (dir.clone(), device.clone(), args.requests, args.words);
-        let r = tokio::task::spawn_blocking(move || in_process(&d, &dev, b, n, w)).await??;
+        let r = tokio::task::spawn_blocking(move || in_process(&d, &dev, dtype, b, n, w)).await??;
         eprintln!("in_process {r}");
         results["in_process"].as_array_mut().unwrap().push(r);
     }

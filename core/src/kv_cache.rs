@@ -94,7 +94,7 @@ impl Clone for KvCache {
             .iter()
             .map(|l| {
                 l.as_ref()
-                    .map(|l| l.deep_clone().expect("copying a CPU tensor"))
+                    .map(|l| l.deep_clone().expect("copying a KV cache buffer"))
             })
             .collect();
         Self {

@@ -125,11 +125,17 @@ impl Registry {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// The model called `name`.
-    pub fn get(&self, name: &str) -> Result<Arc<ModelEntry>> {
+    /// UNAVAILABLE once [`Registry::clear`] has closed the registry (shutdown).
+    fn open(&self) -> Result<()> {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::Unavailable("the server is shutting down".into()));
         }
+        Ok(())
+    }
+
+    /// The model called `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<ModelEntry>> {
+        self.open()?;
         self.models
             .get(name)
             .map(|e| e.value().clone())
@@ -169,6 +175,8 @@ impl Registry {
         able: fn(&ModelEntry) -> bool,
         what: &str,
     ) -> Result<Arc<ModelEntry>> {
+        // Closed is UNAVAILABLE however the model is named (not "no model is loaded").
+        self.open()?;
         let entry = if !name.is_empty() {
             self.get(name)?
         } else if let Some(d) = default {

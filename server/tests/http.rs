@@ -1,7 +1,7 @@
 //! The HTTP/JSON front over real sockets with tiny random models: the same answers as gRPC for
 //! the same requests, OpenRLHF's `/get_reward` shape, the OpenAI-compatible endpoints (plain and
-//! SSE), the bad-input table with HTTP statuses, deadlines, readiness, the OpenAPI document and
-//! the `protocol` metrics label.
+//! SSE), the bad-input table with HTTP statuses, deadlines, 503 from a closed registry, readiness,
+//! the OpenAPI document and the `protocol` metrics label.
 
 mod common;
 
@@ -562,6 +562,57 @@ async fn overload_is_429_and_deadlines_are_504() {
         .unwrap()
         .contains("max_concurrent_requests"));
     busy.await.unwrap();
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A request-level 503: once the registry is closed (`Registry::clear`, the step with which
+/// `RunningServer::shutdown` stops the workers) every model lookup is gRPC UNAVAILABLE, and each
+/// HTTP route answers 503 with the JSON error body, so a client retries elsewhere instead of
+/// giving up on a "missing" model. (In the full shutdown sequence the HTTP listener has already
+/// closed by then; here the front stays up so the mapping is observable.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_to_a_closed_registry_are_503() {
+    let root = model_root();
+    let server = start(config(root.path())).await;
+    let score = score_json("rm", json!([nli_item("r", "entailment")]));
+    let r = post_json(&server, "/v1/score", &[], &score).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    server.registry.clear();
+    let classify = json!({"inputs": [{"text": "a", "text_pair": "b"}], "model": "pol", "params": {"max_new_tokens": 4}});
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("score", "/v1/score", score),
+        ("classify", "/v1/classify", classify),
+        (
+            "get_reward",
+            "/get_reward?label_model=rm2",
+            json!({"query": ["a"], "prompts": ["a"]}),
+        ),
+        ("chat", "/v1/chat/completions", chat_body(false)),
+        ("streamed chat", "/v1/chat/completions", chat_body(true)),
+        // No model named: the registry's default/first-able pick is closed too (not a 404).
+        (
+            "score, no model named",
+            "/v1/score",
+            json!({"items": [nli_item("r", "entailment")]}),
+        ),
+    ];
+    for (name, path, body) in cases {
+        let r = post_json(&server, path, &[], &body).await;
+        assert_eq!(r.status, 503, "{name}: {}", r.body);
+        assert!(r.header("x-request-id").is_some(), "{name}");
+        let e = &r.json()["error"];
+        assert_eq!(e["type"], "service_unavailable", "{name}: {}", r.body);
+        assert_eq!(e["code"], "unavailable", "{name}: {}", r.body);
+        assert!(
+            e["message"].as_str().unwrap().contains("shutting down"),
+            "{name}: {}",
+            r.body
+        );
+    }
+    // Liveness is unaffected; readiness reports every model missing.
+    let addr = server.http_addr.unwrap();
+    assert_eq!(http(addr, "GET", "/health", &[], "").await.status, 200);
+    assert_eq!(http(addr, "GET", "/ready", &[], "").await.status, 503);
     server.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 

@@ -1,19 +1,34 @@
 //! Parity with Hugging Face transformers on the committed tiny fixtures: logits of left- and
 //! right-padded batches (tied and untied embeddings, GQA, Llama-3 RoPE scaling), PEFT LoRA adapters
-//! (active, merged, saved and reloaded), the `score` head of `LlamaForSequenceClassification`.
+//! (active, merged, saved and reloaded), the `score` head of `LlamaForSequenceClassification`,
+//! greedy decoding through the KV cache.
+//!
+//! The models run on `RLLR_TEST_DEVICE` in `RLLR_TEST_DTYPE` (default: the CPU in f32; see
+//! `rllr_tests`), so a binary built with `--features cuda` checks the GPU path on a GPU machine
+//! (`RLLR_FIXTURES_DIR` pointing at a copy of `tests/fixtures`). Outputs are compared on the CPU
+//! in f32 within `rllr_tests::tolerance`: 1e-4 in f32, 2 % (f16) or 5 % (bf16) of the
+//! reference's scale in half precision.
 
-use candle_core::{DType, Device};
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
 use rllr_core::checkpoint::{self, Checkpoint, SCORE_HEAD};
-use rllr_core::ForwardCtx;
+use rllr_core::{Batch, ForwardCtx, KvCache, Llama};
 use rllr_tests::{
-    fixture_batch, fixtures_dir, load_fixture, max_abs_diff, max_diff_on_real, rows_u32,
+    cpu_f32, fixture_batch, fixture_batch_on, fixtures_dir, load_fixture, max_abs_diff,
+    max_diff_on_real, rows_u32, test_device, test_dtype, tolerance,
 };
 
+/// The f32 parity bar, for the tests that stay on the CPU in f32.
 const TOL: f32 = 1e-4;
 
-/// tiny-untied with the PEFT adapter of the fixtures loaded as `lora`.
-fn open_with_lora() -> rllr_core::Llama {
-    let mut m = open("tiny-untied");
+/// tiny-untied with the PEFT adapter of the fixtures loaded as `lora` (test device and dtype).
+fn open_with_lora() -> Llama {
+    open_with_lora_on(test_dtype(), &test_device())
+}
+
+fn open_with_lora_on(dtype: DType, device: &Device) -> Llama {
+    let mut m = open_on("tiny-untied", dtype, device);
     checkpoint::load_adapter(
         &mut m,
         &fixtures_dir().join("tiny-untied-lora"),
@@ -24,11 +39,31 @@ fn open_with_lora() -> rllr_core::Llama {
     m
 }
 
-fn open(name: &str) -> rllr_core::Llama {
+/// Fixture checkpoint `name` on the test device in the test dtype.
+fn open(name: &str) -> Llama {
+    open_on(name, test_dtype(), &test_device())
+}
+
+fn open_on(name: &str, dtype: DType, device: &Device) -> Llama {
     Checkpoint::open(fixtures_dir().join(name))
         .unwrap()
-        .load_model(DType::F32, &Device::Cpu)
+        .load_model(dtype, device)
         .unwrap()
+}
+
+/// The fixture batch `side` on the test device.
+fn batch(f: &HashMap<String, Tensor>, side: &str) -> Batch {
+    fixture_batch_on(f, side, &test_device())
+}
+
+/// `got` (B, L, V) within [`tolerance`] of the f32 reference on the real positions of `batch`.
+fn assert_logits_close(what: &str, got: &Tensor, reference: &Tensor, batch: &Batch) {
+    let (d, tol) = (
+        max_diff_on_real(got, reference, batch),
+        tolerance(reference),
+    );
+    println!("{what}: max |Δ| = {d:.2e} (tolerance {tol:.2e})");
+    assert!(d <= tol, "{what}: max |Δ| {d} > {tol}");
 }
 
 #[test]
@@ -37,11 +72,11 @@ fn tiny_logits_match_transformers_for_both_paddings() {
     for name in ["tiny-tied", "tiny-untied"] {
         let model = open(name);
         for side in ["left", "right"] {
-            let batch = fixture_batch(&f, side);
+            let batch = batch(&f, side);
             let got = model.forward(&batch, &ForwardCtx::default()).unwrap();
-            let d = max_diff_on_real(&got, &f[&format!("{name}.logits_{side}")], &batch);
-            println!("{name} {side}: max |Δ| = {d:.2e}");
-            assert!(d <= TOL, "{name} {side}: max |Δ| {d}");
+            assert_eq!(got.dtype(), DType::F32, "logits come back in f32");
+            let reference = &f[&format!("{name}.logits_{side}")];
+            assert_logits_close(&format!("{name} {side}"), &got, reference, &batch);
         }
     }
     // our positions are transformers' position_ids for left padding
@@ -49,19 +84,20 @@ fn tiny_logits_match_transformers_for_both_paddings() {
     assert_eq!(batch.positions, rows_u32(&f["position_ids_left"]));
 }
 
+/// Runs on the test device too: the checkpoints it writes go to a temporary directory, and are
+/// saved from (and reloaded onto) that device in the test dtype.
 #[test]
 fn peft_adapter_active_merged_and_round_tripped_matches_transformers() {
     let f = load_fixture("reference-tiny.safetensors");
     let mut model = open_with_lora();
     let ctx = ForwardCtx::with_adapter("lora");
     for side in ["left", "right"] {
-        let batch = fixture_batch(&f, side);
+        let batch = batch(&f, side);
         let got = model.forward(&batch, &ctx).unwrap();
-        let d = max_diff_on_real(&got, &f[&format!("tiny-untied-lora.logits_{side}")], &batch);
-        println!("lora active {side}: max |Δ| = {d:.2e}");
-        assert!(d <= TOL, "adapter {side}: {d}");
+        let reference = &f[&format!("tiny-untied-lora.logits_{side}")];
+        assert_logits_close(&format!("lora active {side}"), &got, reference, &batch);
     }
-    let batch = fixture_batch(&f, "right");
+    let batch = batch(&f, "right");
     let expect = &f["tiny-untied-lora.merged_logits_right"];
 
     // saved as PEFT and loaded back
@@ -77,26 +113,20 @@ fn peft_adapter_active_merged_and_round_tripped_matches_transformers() {
     .unwrap();
     let mut again = open("tiny-untied");
     checkpoint::load_adapter(&mut again, &tmp.path().join("adapter"), "lora", false).unwrap();
-    let d = max_diff_on_real(&again.forward(&batch, &ctx).unwrap(), expect, &batch);
-    assert!(d <= TOL, "adapter reloaded: {d}");
+    let got = again.forward(&batch, &ctx).unwrap();
+    assert_logits_close("adapter reloaded", &got, expect, &batch);
 
     // merged, saved as a full checkpoint, reloaded
     model.merge_adapter("lora").unwrap();
     let merged = model.forward(&batch, &ForwardCtx::default()).unwrap();
-    let d = max_diff_on_real(&merged, expect, &batch);
-    println!("merged: max |Δ| = {d:.2e}");
-    assert!(d <= TOL, "merged: {d}");
+    assert_logits_close("merged", &merged, expect, &batch);
     checkpoint::save_model(&model, &tmp.path().join("merged"), None, None, None).unwrap();
     let reloaded = Checkpoint::open(tmp.path().join("merged"))
         .unwrap()
-        .load_model(DType::F32, &Device::Cpu)
+        .load_model(test_dtype(), &test_device())
         .unwrap();
-    let d = max_diff_on_real(
-        &reloaded.forward(&batch, &ForwardCtx::default()).unwrap(),
-        expect,
-        &batch,
-    );
-    assert!(d <= TOL, "merged + reloaded: {d}");
+    let got = reloaded.forward(&batch, &ForwardCtx::default()).unwrap();
+    assert_logits_close("merged + reloaded", &got, expect, &batch);
 }
 
 #[test]
@@ -104,15 +134,16 @@ fn score_head_matches_llama_for_sequence_classification() {
     let f = load_fixture("reference-tiny.safetensors");
     let model = open("tiny-tied-score");
     for side in ["left", "right"] {
-        let batch = fixture_batch(&f, side);
+        let batch = batch(&f, side);
         let h = model.hidden_states(&batch, &ForwardCtx::default()).unwrap();
         let got = model.score(&h, &batch, SCORE_HEAD).unwrap();
-        let d = max_abs_diff(&got, &f[&format!("tiny-tied-score.scores_{side}")]);
+        let reference = &f[&format!("tiny-tied-score.scores_{side}")];
+        let (d, tol) = (max_abs_diff(&got, reference), tolerance(reference));
         println!(
-            "score {side}: {:?} max |Δ| = {d:.2e}",
-            got.to_vec1::<f32>().unwrap()
+            "score {side}: {:?} max |Δ| = {d:.2e} (tolerance {tol:.2e})",
+            cpu_f32(&got).to_vec1::<f32>().unwrap()
         );
-        assert!(d <= TOL, "score {side}: {d}");
+        assert!(d <= tol, "score {side}: {d} > {tol}");
     }
 }
 
@@ -135,10 +166,17 @@ fn greedy_requests(
         .collect()
 }
 
+/// Greedy decoding (prefill, then one step at a time through the KV cache) gives transformers'
+/// 32 tokens, alone and batched. In f32 the tokens must match exactly. In bf16/f16 a near-tie
+/// may legitimately flip (`{name}.greedy_min_gap` holds the fixtures' smallest top-2 gaps) and
+/// the continuation diverge after it, so there the token agreement is printed, and what is
+/// asserted is the logits tolerance along transformers' tokens: decoding them through the
+/// cache, each one's logit is within [`tolerance`] of the best logit of its step.
 #[test]
 fn greedy_32_tokens_match_transformers_alone_and_batched() {
     let f = load_fixture("reference-tiny.safetensors");
     let reqs = greedy_requests(&f);
+    let exact = test_dtype() == DType::F32;
     for name in ["tiny-tied", "tiny-untied", "tiny-untied-lora"] {
         let model = if name == "tiny-untied-lora" {
             open_with_lora()
@@ -155,11 +193,65 @@ fn greedy_32_tokens_match_transformers_alone_and_batched() {
         for (i, r) in reqs.iter().enumerate() {
             let alone =
                 rllr_core::generate(&model, None, std::slice::from_ref(r), &ctx, 0).unwrap();
-            assert_eq!(alone[0].tokens, expect[i], "{name} prompt {i} alone");
-            assert_eq!(batched[i].tokens, expect[i], "{name} prompt {i} batched");
             assert_eq!(batched[i].finish, rllr_core::FinishReason::Length);
+            if exact {
+                assert_eq!(alone[0].tokens, expect[i], "{name} prompt {i} alone");
+                assert_eq!(batched[i].tokens, expect[i], "{name} prompt {i} batched");
+            } else {
+                let (a, b) = (&alone[0].tokens, &batched[i].tokens);
+                println!(
+                    "{name} prompt {i}: transformers' first {} (alone) / {} (batched) of {} tokens",
+                    agreeing_prefix(a, &expect[i]),
+                    agreeing_prefix(b, &expect[i]),
+                    expect[i].len()
+                );
+            }
+        }
+        if !exact {
+            let tol = tolerance(&f[&format!("{name}.logits_right")]);
+            let short = forced_shortfall(&model, &ctx, &reqs, &expect);
+            println!("{name}: transformers' tokens at most {short:.2e} below the best logit (tolerance {tol:.2e})");
+            assert!(
+                short <= tol,
+                "{name}: a reference token {short} below the best logit"
+            );
         }
     }
+}
+
+/// How many leading tokens of `got` equal `want`'s.
+fn agreeing_prefix(got: &[u32], want: &[u32]) -> usize {
+    got.iter().zip(want).take_while(|(a, b)| a == b).count()
+}
+
+/// Decode the reference continuations `expect` through the KV cache (prefill the prompts, then
+/// feed each step the reference token): the largest shortfall of a reference token's logit below
+/// the best logit of its step, over every row and step.
+fn forced_shortfall(
+    model: &Llama,
+    ctx: &ForwardCtx,
+    reqs: &[rllr_core::GenerationRequest],
+    expect: &[Vec<u32>],
+) -> f32 {
+    let prompts: Vec<Vec<u32>> = reqs.iter().map(|r| r.prompt.clone()).collect();
+    let left = rllr_core::PaddingSide::Left;
+    let batch = Batch::new(&prompts, 0, left, model.device()).unwrap();
+    let mut cache = KvCache::new(model.config().num_hidden_layers);
+    let mut logits = model.prefill(&batch, &mut cache, ctx).unwrap();
+    let mut worst = 0f32;
+    let steps = expect[0].len();
+    for step in 0..steps {
+        let rows = cpu_f32(&logits).to_vec2::<f32>().unwrap();
+        for (row, want) in rows.iter().zip(expect) {
+            let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            worst = worst.max(best - row[want[step] as usize]);
+        }
+        if step + 1 < steps {
+            let next: Vec<u32> = expect.iter().map(|e| e[step]).collect();
+            logits = model.decode_step(&next, &mut cache, ctx).unwrap();
+        }
+    }
+    worst
 }
 
 /// Save the left-padded fixture batch and rllr's `outputs` (under `key`) for check_in_transformers.py.
@@ -184,7 +276,9 @@ fn write_expect(
 
 /// A checkpoint written by rllr (tiny-untied with its LoRA adapter merged, and the score model)
 /// loads in transformers and gives rllr's logits/scores. Needs Python with torch + transformers:
-/// `cargo test -p rllr-tests --test parity -- --ignored transformers_loads`.
+/// `cargo test -p rllr-tests --test parity -- --ignored transformers_loads`. Always on the CPU
+/// in f32, whatever `RLLR_TEST_DEVICE`/`RLLR_TEST_DTYPE` say: it checks the files rllr writes
+/// (under the build's target directory) against transformers at the f32 bar, not a device.
 #[test]
 #[ignore = "needs python3 with torch and transformers"]
 fn transformers_loads_rllr_written_checkpoints() {
@@ -193,7 +287,7 @@ fn transformers_loads_rllr_written_checkpoints() {
     std::fs::create_dir_all(&out).unwrap();
     let batch = fixture_batch(&f, "left");
 
-    let mut model = open_with_lora();
+    let mut model = open_with_lora_on(DType::F32, &Device::Cpu);
     let base = fixtures_dir().join("tiny-untied");
     checkpoint::save_adapter(
         &model,
@@ -218,7 +312,7 @@ fn transformers_loads_rllr_written_checkpoints() {
     let logits = model.forward(&batch, &ForwardCtx::default()).unwrap();
     write_expect(&f, &out.join("merged.expect.safetensors"), "logits", logits);
 
-    let score = open("tiny-tied-score");
+    let score = open_on("tiny-tied-score", DType::F32, &Device::Cpu);
     checkpoint::save_model(&score, &out.join("score"), Some(SCORE_HEAD), None, None).unwrap();
     let h = score.hidden_states(&batch, &ForwardCtx::default()).unwrap();
     let scores = score.score(&h, &batch, SCORE_HEAD).unwrap();
@@ -264,6 +358,8 @@ fn transformers_loads_rllr_written_checkpoints() {
     }
 }
 
+/// On the CPU in f32 whatever the test device and dtype: what it checks (finding and reading the
+/// shards of an index) does not depend on the device.
 #[test]
 fn sharded_checkpoints_load_like_single_file_ones() {
     let f = load_fixture("reference-tiny.safetensors");

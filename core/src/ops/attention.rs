@@ -20,14 +20,16 @@ pub(crate) const MASKED: f32 = -1e30;
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, heads, l, head_dim) = q.dims4()?;
     let (_, n_kv, t, _) = k.dims4()?;
-    if infer_attention_fits(q, k, v)? {
+    // Both CPU kernels read the bias as f32 CPU memory too.
+    let bias_cpu = cpu_f32(bias);
+    if bias_cpu && infer_attention_fits(q, k, v)? {
         return Ok(infer_attention(q, k, v, &bias.reshape((b, l, t))?, scale)?);
     }
     // Grouped-query attention without copying K/V: view the query heads that share a KV head
     // as one longer sequence, (B, KV, rep·L, D).
     let rep = heads / n_kv;
     let qg = q.reshape((b, n_kv, rep * l, head_dim))?;
-    let out = if fusable(&qg) && fusable(k) && fusable(v) {
+    let out = if bias_cpu && fusable(&qg) && fusable(k) && fusable(v) {
         fused(&qg, k, v, &bias.reshape((b, l, t))?, scale, heads)?
     } else {
         let scores = qg.matmul(&k.t()?)?.reshape((b, heads, l, t))?;
@@ -265,7 +267,7 @@ mod tests {
 
     use crate::ops::{
         attention, softmax,
-        test_util::{check, max_diff, rand},
+        test_util::{check, half, max_diff, rand, rel_diff, HALF},
     };
     use crate::skinny;
 
@@ -332,6 +334,25 @@ mod tests {
                 .unwrap();
             let diff = max_diff(&got, &want);
             assert!(diff <= 1e-5, "l {l} t {t}: max |Δ| {diff}");
+        }
+    }
+
+    #[test]
+    fn attention_in_half_precision_matches_f32() {
+        // Prefill (t = l) and a decode step over a cache (l = 1), q (B, H, L, D), k/v (B, KV, T, D).
+        let (b, kv, rep, d) = (2, 2, 3, 8);
+        for (l, t) in [(5, 5), (1, 7)] {
+            let bias = cached_bias(b, l, t);
+            let q = rand(&[b, kv * rep, l, d], 40 + l as u64);
+            let (k, v) = (rand(&[b, kv, t, d], 41), rand(&[b, kv, t, d], 42));
+            let want = attention::attention(&q, &k, &v, &bias, 0.3).unwrap();
+            for dtype in HALF {
+                let [q, k, v] = [&q, &k, &v].map(|x| half(x, dtype));
+                let got = attention::attention(&q, &k, &v, &bias, 0.3).unwrap();
+                assert_eq!(got.dtype(), dtype);
+                let rel = rel_diff(&got, &want);
+                assert!(rel <= 1e-2, "l {l} t {t} {dtype:?}: relative max |Δ| {rel}");
+            }
         }
     }
 }

@@ -9,28 +9,31 @@ use super::cpu::{build, msg, per_row, slice, storage, with_f32, CResult};
 use super::fusable;
 use crate::{Error, Result};
 
-/// Mean masked cross-entropy of logits (N, V) f32, targets (N) u32 and mask (N) f32, as a
-/// scalar: fused where [`fusable`], else the composite.
+/// Mean masked cross-entropy of logits (N, V), targets (N) u32 and mask (N) f32, as an f32
+/// scalar: fused where [`fusable`] (f32 logits on the CPU), else the composite.
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    if fusable(logits) {
+    if fusable(logits) && fusable(mask) {
         return Ok(fused(logits, targets, mask)?);
     }
     composite(logits, &targets.unsqueeze(1)?, mask)
 }
 
 /// The reference path (plain candle ops): log-softmax, gather, masked mean; targets (N, 1).
+/// Computed in f32 whatever the logits' and mask's dtype (half-precision logits are upcast).
 pub(crate) fn composite(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let (logits, mask) = (logits.to_dtype(DType::F32)?, mask.to_dtype(DType::F32)?);
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let nll = logp.gather(targets, 1)?.squeeze(1)?.neg()?;
     let count = mask.sum_all()?.maximum(1f32)?;
-    Ok((nll * mask)?.sum_all()?.div(&count)?)
+    Ok((nll * &mask)?.sum_all()?.div(&count)?)
 }
 
 /// Masked cross-entropy of the logits `h·Wᵀ` for hidden states h (..., H) and a frozen LM head
 /// W (V, H), targets and mask shaped like h without its last dim, through the chunked fused op
-/// ([`LinearCrossEntropy`]). `None` where that path does not apply (not [`fusable`], or W takes
-/// a gradient): the composite is then the LM head's logits followed by [`masked_cross_entropy`],
-/// which the caller (holding the head) runs.
+/// ([`LinearCrossEntropy`]). `None` where that path does not apply (not [`fusable`]: another
+/// device such as CUDA, or a dtype other than f32; or W takes a gradient): the composite is then
+/// the LM head's logits followed by [`masked_cross_entropy`], which the caller (holding the head)
+/// runs.
 pub fn linear_cross_entropy(
     h: &Tensor,
     weight: &Tensor,
@@ -273,11 +276,12 @@ pub(crate) fn linear_fused(
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, IndexOp, Tensor};
+    use candle_core::{DType, Device, IndexOp, Tensor};
 
     use crate::ops::{
         cross_entropy,
-        test_util::{bits, check, pools, rand, value_and_grad},
+        test_util::{bits, check, half, pools, rand, value_and_grad, HALF},
+        with_fused,
     };
 
     #[test]
@@ -325,5 +329,40 @@ mod tests {
         for rows in [3, 8, n] {
             assert!(alone(rows, 2) == alone(3, 2), "row 2 in a batch of {rows}");
         }
+    }
+
+    #[test]
+    fn masked_cross_entropy_of_half_precision_logits_is_f32_and_close() {
+        let targets = Tensor::new(&[3u32, 0, 10, 5, 7, 1], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[1f32, 1.0, 0.0, 1.0, 1.0, 0.0], &Device::Cpu).unwrap();
+        let logits = rand(&[6, 11], 9);
+        let want = cross_entropy::masked_cross_entropy(&logits, &targets, &mask).unwrap();
+        let want = want.to_scalar::<f32>().unwrap();
+        for dtype in HALF {
+            let got = cross_entropy::masked_cross_entropy(&half(&logits, dtype), &targets, &mask);
+            let got = got.unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            let got = got.to_scalar::<f32>().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-2 * want,
+                "{dtype:?}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn linear_cross_entropy_leaves_half_precision_to_the_composite() {
+        let (h, w) = (rand(&[2, 3, 8], 40), rand(&[11, 8], 41));
+        let targets = Tensor::new(&[[3u32, 0, 10], [5, 7, 1]], &Device::Cpu).unwrap();
+        let mask = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+        with_fused(true, || {
+            let f32_cpu = cross_entropy::linear_cross_entropy(&h, &w, &targets, &mask).unwrap();
+            assert!(f32_cpu.is_some(), "f32 on the CPU takes the fused op");
+            for dtype in HALF {
+                let (hh, wh) = (half(&h, dtype), half(&w, dtype));
+                let got = cross_entropy::linear_cross_entropy(&hh, &wh, &targets, &mask);
+                assert!(got.unwrap().is_none(), "{dtype:?}");
+            }
+        });
     }
 }

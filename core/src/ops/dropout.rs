@@ -1,6 +1,9 @@
 //! Inverted dropout with a mask drawn from a seed (deterministic, so resumed runs replay exactly).
+//!
+//! The mask is drawn on the host (the same bits on every device) and uploaded to x's device in
+//! x's dtype, so the composite runs wherever x lives (CUDA training included).
 
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rand::{Rng, SeedableRng};
 
 use super::cpu::{slice, storage, with_f32, CResult};
@@ -16,12 +19,10 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     composite(x, p, seed)
 }
 
-/// `x ⊙ mask(p, seed)` from plain candle ops.
+/// `x ⊙ mask(p, seed)` from plain candle ops, on x's device and in x's dtype.
 pub(crate) fn composite(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     let mask = dropout_mask(x.elem_count(), p, seed);
-    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
-        .to_device(x.device())?
-        .to_dtype(x.dtype())?;
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok(x.mul(&mask)?)
 }
 
@@ -70,11 +71,11 @@ pub(crate) fn fused(x: &Tensor, p: f32, seed: u64) -> CResult<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
 
     use crate::ops::{
         dropout,
-        test_util::{check, rand},
+        test_util::{check, half, rand, rel_diff, HALF},
     };
 
     #[test]
@@ -85,5 +86,31 @@ mod tests {
             Ok(t[0].mul(&Tensor::from_vec(mask, t[0].shape(), &Device::Cpu)?)?)
         };
         check("dropout", &f, &c, &[rand(&[6, 40], 23)]);
+    }
+
+    #[test]
+    fn dropout_in_half_precision_keeps_the_dtype_and_the_mask() {
+        // Half precision takes the composite: x's dtype out, the f32 path's mask.
+        let x = rand(&[6, 40], 24);
+        let want = dropout::dropout(&x, 0.3, 17).unwrap();
+        for dtype in HALF {
+            let got = dropout::dropout(&half(&x, dtype), 0.3, 17).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            let zeros = |t: &Tensor| -> Vec<bool> {
+                let v = t.flatten_all().unwrap().to_dtype(DType::F32).unwrap();
+                v.to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| *v == 0.0)
+                    .collect()
+            };
+            assert_eq!(
+                zeros(&got),
+                zeros(&want),
+                "{dtype:?}: same dropped elements"
+            );
+            let rel = rel_diff(&got, &want);
+            assert!(rel <= 1e-2, "{dtype:?}: relative max |Δ| {rel}");
+        }
     }
 }

@@ -100,7 +100,7 @@ mod tests {
 
     use crate::ops::{
         frozen_linear,
-        test_util::{check, rand},
+        test_util::{check, half, rand, rel_diff, HALF},
     };
 
     #[test]
@@ -119,6 +119,35 @@ mod tests {
                 got.to_vec2::<f32>().unwrap(),
                 want.to_vec2::<f32>().unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn frozen_linear_in_half_precision_matches_f32() {
+        // Decode-sized (the skinny kernel's shape in f32) and prefill-sized inputs.
+        let w = rand(&[24, 40], 14);
+        for rows in [1, 37] {
+            let x = rand(&[rows, 40], 15);
+            let want = frozen_linear::frozen_linear(&x, &w).unwrap();
+            for dtype in HALF {
+                let got = frozen_linear::frozen_linear(&half(&x, dtype), &half(&w, dtype));
+                let got = got.unwrap();
+                assert_eq!(got.dtype(), dtype);
+                let rel = rel_diff(&got, &want);
+                assert!(
+                    rel <= 1e-2,
+                    "{rows} rows, {dtype:?}: relative max |Δ| {rel}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn frozen_linear_many_leaves_half_precision_to_the_caller() {
+        let (x, w) = (rand(&[1, 40], 16), rand(&[24, 40], 17));
+        for dtype in HALF {
+            let many = frozen_linear::frozen_linear_many(&half(&x, dtype), &[&half(&w, dtype)]);
+            assert!(many.unwrap().is_none(), "{dtype:?}");
         }
     }
 }

@@ -2,15 +2,17 @@
 //!
 //! Every op file has three parts, and its tests:
 //! - the **composite reference**: the op from plain candle ops. It runs on every device and
-//!   dtype, gets its gradient from candle's autograd, and is the correctness oracle the fused
-//!   kernel is tested against;
+//!   dtype (the CUDA and half-precision path), gets its gradient from candle's autograd, and is
+//!   the correctness oracle the fused kernel is tested against. RMSNorm's statistics, the masked
+//!   softmax and cross-entropy are computed in f32 even for bf16/f16 inputs;
 //! - the **fused kernel**: a candle `CustomOp` with a forward AND a hand-written backward, the
 //!   CPU f32 fast path (one pass each way over contiguous rows instead of a tensor per step of
 //!   the chain; candle's own fused `rms_norm`, `softmax_last_dim` and `rope` have no backward);
 //! - the **dispatch rule**: the one public function per op the model calls ([`rms_norm`],
 //!   [`rope::apply_heads`], [`attention`], [`swiglu`], [`dropout`], `frozen_linear`,
-//!   [`masked_cross_entropy`], [`linear_cross_entropy`]) checks the device and dtype
-//!   ([`fusable`]) and picks the fused kernel or the composite. A CUDA kernel per op goes in
+//!   [`masked_cross_entropy`], [`linear_cross_entropy`]) checks the device and dtype of every
+//!   tensor the kernel reads ([`fusable`]) and picks the fused kernel or the composite, so no
+//!   CPU-only kernel ever sees a CUDA or half-precision tensor. A CUDA kernel per op goes in
 //!   that op's file, as one more branch of its dispatch;
 //! - the **tests** (`mod tests` at the end of the file): the fused kernel against the composite,
 //!   forward and backward, and row determinism (a row's output and input gradient bit-identical

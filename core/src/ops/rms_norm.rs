@@ -15,7 +15,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     composite(x, weight, eps)
 }
 
-/// RMSNorm from plain candle ops: the non-CPU path and the fused kernel's reference.
+/// RMSNorm from plain candle ops: the non-CPU / non-f32 path and the fused kernel's reference.
+/// The statistics are taken in f32 whatever x's dtype, then cast back to it before the weight
+/// multiplies (transformers' `LlamaRMSNorm`).
 pub(crate) fn composite(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
@@ -114,7 +116,7 @@ mod tests {
 
     use crate::ops::{
         rms_norm,
-        test_util::{assert_row_stable, check, rand, W},
+        test_util::{assert_row_stable, check, half, rand, rel_diff, HALF, W},
     };
 
     #[test]
@@ -141,5 +143,17 @@ mod tests {
             &[rand(&[W], 2)],
             &[1, W],
         );
+    }
+
+    #[test]
+    fn rms_norm_in_half_precision_matches_f32() {
+        let (x, w) = (rand(&[3, 5, 64], 14), rand(&[64], 15));
+        let want = rms_norm::rms_norm(&x, &w, 1e-5).unwrap();
+        for dtype in HALF {
+            let got = rms_norm::rms_norm(&half(&x, dtype), &half(&w, dtype), 1e-5).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            let rel = rel_diff(&got, &want);
+            assert!(rel <= 1e-2, "{dtype:?}: relative max |Δ| {rel}");
+        }
     }
 }

@@ -144,7 +144,7 @@ mod tests {
 
     use crate::ops::{
         rope,
-        test_util::{assert_row_stable, check, rand},
+        test_util::{assert_row_stable, check, half, rand, rel_diff, HALF},
     };
 
     #[test]
@@ -169,5 +169,19 @@ mod tests {
             rand(&[1, l, d], 7),
         ];
         assert_row_stable("rope", &f, &targets, &[], &[1, h, l, d]);
+    }
+
+    #[test]
+    fn rope_in_half_precision_matches_f32() {
+        let (cos, sin) = (rand(&[2, 1, 5, 8], 3), rand(&[2, 1, 5, 8], 4));
+        let x = rand(&[2, 5, 3, 8], 5);
+        let want = rope::apply_heads(&x, &cos, &sin).unwrap();
+        for dtype in HALF {
+            let [x, cos, sin] = [&x, &cos, &sin].map(|t| half(t, dtype));
+            let got = rope::apply_heads(&x, &cos, &sin).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            let rel = rel_diff(&got, &want);
+            assert!(rel <= 1e-2, "{dtype:?}: relative max |Δ| {rel}");
+        }
     }
 }

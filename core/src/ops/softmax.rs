@@ -7,12 +7,11 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 use super::cpu::{build, dot, msg, rows_mut, slice, storage, with_f32, CResult};
 use crate::Result;
 
-/// `softmax(scale·scores + bias)` from plain candle ops, in f32; scores (B, G, L, T), bias
-/// (B, 1, L, T): the non-CPU path and the fused kernel's reference.
+/// `softmax(scale·scores + bias)` from plain candle ops, in f32 whatever the scores' dtype (they
+/// are upcast before scaling, and the result is f32); scores (B, G, L, T), bias (B, 1, L, T) f32:
+/// the non-CPU / non-f32 path and the fused kernel's reference.
 pub(crate) fn composite(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    let scores = (scores * scale)?
-        .to_dtype(DType::F32)?
-        .broadcast_add(bias)?;
+    let scores = (scores.to_dtype(DType::F32)? * scale)?.broadcast_add(bias)?;
     Ok(candle_nn::ops::softmax(&scores, D::Minus1)?)
 }
 
@@ -118,7 +117,7 @@ mod tests {
 
     use crate::ops::{
         attention, softmax,
-        test_util::{assert_row_stable, bits, check, rand, value_and_grad},
+        test_util::{assert_row_stable, bits, check, half, max_diff, rand, value_and_grad, HALF},
         MASKED,
     };
 
@@ -186,6 +185,24 @@ mod tests {
             assert!(bits(&real(&y)) == bits(&alone[0]), "forward, pad {pad}");
             assert!(bits(&real(&dx)) == bits(&alone[1]), "backward, pad {pad}");
             assert!(bits(&pads(&y)).iter().all(|b| *b == 0), "pads get 0");
+        }
+    }
+
+    #[test]
+    fn masked_softmax_of_half_precision_scores_is_f32_and_close() {
+        let (b, l, t) = (2, 4, 6);
+        let pos: Vec<Vec<u32>> = vec![(0..t as u32).collect(); b];
+        let valid = vec![vec![false, true, true, true, true, true]; b];
+        let q: Vec<Vec<u32>> = vec![(2..6).collect(); b];
+        let bias = attention::attention_bias(&q, &pos, &valid, None, &Device::Cpu).unwrap();
+        let bias = bias.reshape((b, 1, l, t)).unwrap();
+        let scores = rand(&[b, 3, l, t], 16);
+        let want = softmax::composite(&scores, &bias, 0.3).unwrap();
+        for dtype in HALF {
+            let got = softmax::composite(&half(&scores, dtype), &bias, 0.3).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            let diff = max_diff(&got, &want);
+            assert!(diff <= 1e-2, "{dtype:?}: max |Δ| {diff}");
         }
     }
 }

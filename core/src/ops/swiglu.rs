@@ -8,13 +8,14 @@ use crate::Result;
 
 /// `silu(gate) · up` for tensors of the same shape: fused where [`fusable`], else the composite.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fusable(gate) {
+    if fusable(gate) && fusable(up) {
         return Ok(fused(gate, up)?);
     }
     composite(gate, up)
 }
 
-/// `silu(gate) · up` from plain candle ops.
+/// `silu(gate) · up` from plain candle ops (any device and dtype; in the inputs' dtype, as
+/// transformers computes it).
 pub(crate) fn composite(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok((gate.silu()? * up)?)
 }
@@ -94,7 +95,7 @@ mod tests {
 
     use crate::ops::{
         swiglu,
-        test_util::{assert_row_stable, check, rand, W},
+        test_util::{assert_row_stable, check, half, rand, rel_diff, HALF, W},
     };
 
     #[test]
@@ -109,5 +110,17 @@ mod tests {
         let f = |t: &[Tensor]| swiglu::fused(&t[0], &t[1]).unwrap();
         let targets = [rand(&[1, W], 3), rand(&[1, W], 4)];
         assert_row_stable("swiglu", &f, &targets, &[], &[1, W]);
+    }
+
+    #[test]
+    fn swiglu_in_half_precision_matches_f32() {
+        let (gate, up) = (rand(&[4, 10], 7), rand(&[4, 10], 8));
+        let want = swiglu::swiglu(&gate, &up).unwrap();
+        for dtype in HALF {
+            let got = swiglu::swiglu(&half(&gate, dtype), &half(&up, dtype)).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            let rel = rel_diff(&got, &want);
+            assert!(rel <= 1e-2, "{dtype:?}: relative max |Δ| {rel}");
+        }
     }
 }

@@ -1,8 +1,9 @@
-//! Helpers the op tests share: seeded random tensors, max |Δ|, the gradient check of a fused
+//! Helpers the op tests share: seeded random tensors, max |Δ| (absolute, and relative for
+//! half-precision results against their f32 reference), the gradient check of a fused
 //! kernel against its composite reference, and the row-determinism check (a row's output and
 //! input gradient bit-identical whatever batch and rayon thread count it runs under).
 
-use candle_core::{Device, IndexOp, Tensor, Var};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
 pub(crate) type Op<'a> = &'a dyn Fn(&[Tensor]) -> crate::Result<Tensor>;
@@ -17,6 +18,20 @@ pub(crate) fn rand(shape: &[usize], seed: u64) -> Tensor {
 /// max |a − b| ([`crate::numerics::max_abs_diff`], unwrapped for tests).
 pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     crate::numerics::max_abs_diff(a, b).unwrap()
+}
+
+/// max |a − b| relative to max |b|: how far a half-precision result `a` is from its f32
+/// reference `b` (bf16 rounds at 2⁻⁹ relative, so a few roundings stay well under 1e-2).
+pub(crate) fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_diff(a, b) / crate::numerics::max_abs(b).unwrap()
+}
+
+/// The dtypes the composites are checked in against f32.
+pub(crate) const HALF: [DType; 2] = [DType::BF16, DType::F16];
+
+/// `t` in `dtype`.
+pub(crate) fn half(t: &Tensor, dtype: DType) -> Tensor {
+    t.to_dtype(dtype).unwrap()
 }
 
 /// Output of `f` at `inputs` and the gradients of Σ y·r (r fixed random) w.r.t. each input.
