@@ -113,7 +113,9 @@ cargo build --release --locked "${features[@]}" "${crates[@]}" --bins
 echo "build-cuda: cargo build --features cuda took $(( $(date +%s) - start )) s"
 
 # The transformers parity tests as one executable, run on the GPU by scripts/gpu-check.sh.
-parity="$(cargo test --release --locked -p rllr-tests --features rllr-tests/cuda --test parity \
+# `--profile release`, not `--release` (which is cargo's `bench` profile): the same profile as the
+# binaries above, so candle's kernels and every dependency are not compiled a second time.
+parity="$(cargo test --profile release --locked -p rllr-tests --features rllr-tests/cuda --test parity \
     --no-run --message-format=json 2>/dev/null \
     | "$python" -c 'import json,sys
 for l in sys.stdin:

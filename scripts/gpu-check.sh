@@ -172,7 +172,7 @@ for dtype, p in parity.items():
 for shape, b in report["bench"].items():
     if not b:
         continue
-    lines += ["", f"## rllr-bench {shape} (bf16), rllr / PyTorch time", "",
+    lines += ["", f"## rllr-bench {shape} ({b.get('device')}, {b.get('dtype')}), rllr / PyTorch time", "",
               "| work | rllr s | PyTorch s | ratio |", "|---|---:|---:|---:|"]
     peer = ((b.get("peer") or {}).get("results")) or {}
     for name, r in (b.get("rllr") or {}).items():
@@ -180,7 +180,7 @@ for shape, b in report["bench"].items():
             continue
         p = (peer.get(name) or {}).get("median_s")
         ratio = f"{r['median_s'] / p:.2f}×" if p else "-"
-        lines.append(f"| {name} | {r['median_s']:.4f} | {p if p is None else f'{p:.4f}'} | {ratio} |")
+        lines.append(f"| {name} | {r['median_s']:.4f} | {'-' if p is None else f'{p:.4f}'} | {ratio} |")
 if report["serve"]:
     lines += ["", "## rllr-serve-bench", "", "```", json.dumps(report["serve"], indent=1)[:4000], "```"]
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")

@@ -115,6 +115,13 @@ fn jinja_prompts_match_transformers_text_and_tokens() {
     assert_eq!((texts, with_ids), (18, 12));
 }
 
+/// Each special token is one id, the family's real one.
+fn assert_special_ids(tok: &tokenizers::Tokenizer, expected: &[(&str, u32)]) {
+    for &(t, id) in expected {
+        assert_eq!(tok.token_to_id(t), Some(id), "{t}");
+    }
+}
+
 #[test]
 #[ignore = "needs models/llama3-tokenizer/tokenizer.json (17 MB, not committed): \
             python tests/fixtures/make_templates.py --llama3-tokenizer-only"]
@@ -123,15 +130,16 @@ fn llama3_prompts_match_transformers_tokens_with_the_real_tokenizer() {
     let spec = &f["templates"]["llama3"];
     let tok = tokenizer(spec);
     assert_eq!(check_family("llama3", spec, Some(&tok)), 6);
-    for (t, id) in [
-        ("<|begin_of_text|>", 128000),
-        ("<|end_of_text|>", 128001),
-        ("<|start_header_id|>", 128006),
-        ("<|end_header_id|>", 128007),
-        ("<|eot_id|>", 128009),
-    ] {
-        assert_eq!(tok.token_to_id(t), Some(id), "{t}");
-    }
+    assert_special_ids(
+        &tok,
+        &[
+            ("<|begin_of_text|>", 128000),
+            ("<|end_of_text|>", 128001),
+            ("<|start_header_id|>", 128006),
+            ("<|end_header_id|>", 128007),
+            ("<|eot_id|>", 128009),
+        ],
+    );
     let text = template(spec)
         .try_render_prompt(None, "What is the capital of France?")
         .unwrap();
@@ -148,15 +156,16 @@ fn jinja_special_tokens_are_single_ids() {
     // Mistral v0.3: control tokens of the SentencePiece model, at their real ids.
     let spec = &f["templates"]["mistral_v03"];
     let tok = tokenizer(spec);
-    for (t, id) in [
-        ("<unk>", 0),
-        ("<s>", 1),
-        ("</s>", 2),
-        ("[INST]", 3),
-        ("[/INST]", 4),
-    ] {
-        assert_eq!(tok.token_to_id(t), Some(id), "{t}");
-    }
+    assert_special_ids(
+        &tok,
+        &[
+            ("<unk>", 0),
+            ("<s>", 1),
+            ("</s>", 2),
+            ("[INST]", 3),
+            ("[/INST]", 4),
+        ],
+    );
     let text = template(spec)
         .try_render_prompt(Some("Be brief."), "Is it good?")
         .unwrap();
