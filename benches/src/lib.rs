@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rllr_core::checkpoint::{self, Checkpoint};
 use rllr_core::Config;
 
@@ -164,37 +164,17 @@ fn mix(seed: u64, b: u64) -> u64 {
 }
 
 /// Fill `out` with N(0, std²) draws, block `b` from stream `mix(stream, b)`, blocks spread over
-/// the cores.
+/// the cores (rayon), so the values do not depend on the thread count.
 fn fill_normal(out: &mut [f32], stream: u64, std: f32) {
-    let blocks = out.len().div_ceil(BLOCK);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(blocks);
-    let queue = std::sync::Mutex::new(out.chunks_mut(BLOCK).enumerate());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let next = queue.lock().expect("queue").next();
-                let Some((b, chunk)) = next else { break };
-                let mut rng = rand::rngs::StdRng::seed_from_u64(mix(stream, b as u64));
-                normal_into(&mut rng, chunk, std);
-            });
-        }
-    });
-}
-
-/// Draws from N(0, std²) into `out` (Box–Muller, two per pair of uniforms; no extra crate).
-fn normal_into(rng: &mut impl Rng, out: &mut [f32], std: f32) {
-    for pair in out.chunks_mut(2) {
-        let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln is finite
-        let u2: f64 = rng.random();
-        let r = (-2.0 * u1.ln()).sqrt() * std as f64;
-        let th = std::f64::consts::TAU * u2;
-        pair[0] = (r * th.cos()) as f32;
-        if let Some(y) = pair.get_mut(1) {
-            *y = (r * th.sin()) as f32;
-        }
-    }
+    use rand_distr::Distribution;
+    use rayon::prelude::*;
+    let normal = rand_distr::Normal::new(0.0f32, std).expect("a finite, positive std");
+    out.par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(b, chunk)| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(mix(stream, b as u64));
+            chunk.iter_mut().for_each(|x| *x = normal.sample(&mut rng));
+        });
 }
 
 /// Write a random model of `cfg`'s shape at `dest` (atomically, replacing what is there):
