@@ -16,7 +16,7 @@ use rllr_client::ClientConfig;
 use serde_json::json;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: rllr_cli::alloc::MiMalloc = rllr_cli::alloc::MiMalloc;
 
 /// Benchmark batch classification jobs.
 #[derive(Parser, Debug)]
@@ -47,6 +47,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    rllr_cli::alloc::retain_freed_memory();
     let args = Args::parse();
     let root = args.model_root.to_string_lossy().into_owned();
     let cfg = rllr_server::ServerConfig::load_from([

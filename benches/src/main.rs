@@ -39,7 +39,7 @@ use rllr_core::{
 use serde_json::{json, Value};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: rllr_cli::alloc::MiMalloc = rllr_cli::alloc::MiMalloc;
 
 /// Benchmark rllr's engine against PyTorch on the same model.
 #[derive(Parser, Debug)]
@@ -497,6 +497,7 @@ fn print_table(which: &[String], rllr: &Value, peer: &Value) {
 }
 
 fn main() -> Result<()> {
+    rllr_cli::alloc::retain_freed_memory();
     let args = Args::parse();
     // candle and gemm size their pools from RAYON_NUM_THREADS; set it before any pool starts.
     std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());

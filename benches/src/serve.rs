@@ -26,7 +26,7 @@ use rllr_proto::v1;
 use serde_json::json;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: rllr_cli::alloc::MiMalloc = rllr_cli::alloc::MiMalloc;
 
 /// Benchmark rllr-server's Score path.
 #[derive(Parser, Debug)]
@@ -273,6 +273,7 @@ fn in_process(
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    rllr_cli::alloc::retain_freed_memory();
     let args = Args::parse();
     let device = rllr_core::device::parse_device(&args.device)?;
     let dtype = rllr_core::device::parse_dtype(&args.dtype)?;

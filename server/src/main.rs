@@ -8,9 +8,10 @@ use clap::CommandFactory;
 use rllr_server::ServerConfig;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: rllr_cli::alloc::MiMalloc = rllr_cli::alloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    rllr_cli::alloc::retain_freed_memory();
     // Before any thread exists: the old `RLLR_*` names become `RLLR_SERVER_*`.
     let legacy = rllr_cli::adopt_legacy_env(
         &ServerConfig::command(),

@@ -29,7 +29,7 @@ mod teacher;
 mod train;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: rllr_cli::alloc::MiMalloc = rllr_cli::alloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -133,6 +133,7 @@ struct ConvertArgs {
 }
 
 fn main() -> ExitCode {
+    rllr_cli::alloc::retain_freed_memory();
     use clap::CommandFactory;
     // Before any thread starts: honour the pre-0.2 shared `RLLR_*` names for one release.
     let legacy = rllr_cli::adopt_legacy_env(&Cli::command(), ENV_PREFIX, "RLLR_");

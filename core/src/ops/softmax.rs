@@ -31,6 +31,9 @@ impl MaskedSoftmax {
     }
 }
 
+/// Below this, f32 `exp` rounds to +0 (e^−103.97 is half the smallest subnormal).
+const EXP_ZERO_BELOW: f32 = -104.0;
+
 pub(super) fn softmax_row(y: &mut [f32], s: &[f32], bias: &[f32], scale: f32) {
     let mut max = f32::NEG_INFINITY;
     for ((y, s), b) in y.iter_mut().zip(s).zip(bias) {
@@ -39,7 +42,10 @@ pub(super) fn softmax_row(y: &mut [f32], s: &[f32], bias: &[f32], scale: f32) {
     }
     let mut sum = 0f32;
     for y in y.iter_mut() {
-        *y = (*y - max).exp();
+        // Masked entries (bias −∞ or a huge negative) would take libm's underflow path, a
+        // measurable share of an attention step; below −104 expf is exactly +0 anyway.
+        let d = *y - max;
+        *y = if d < EXP_ZERO_BELOW { 0.0 } else { d.exp() };
         sum += *y;
     }
     let inv = 1.0 / sum;
@@ -120,6 +126,23 @@ mod tests {
         test_util::{assert_row_stable, bits, check, half, max_diff, rand, value_and_grad, HALF},
         MASKED,
     };
+
+    #[test]
+    fn exp_below_the_cutoff_is_exactly_zero() {
+        // The shortcut in softmax_row must not change a bit: every f32 below the cutoff has
+        // exp == +0 (sampled densely near it), and just above it exp is still positive.
+        let cut = super::EXP_ZERO_BELOW;
+        let mut d = cut;
+        while d > -140.0 {
+            d = d.next_down();
+            assert_eq!(d.exp().to_bits(), 0, "exp({d})");
+            d -= 0.001;
+        }
+        for d in [-1e4f32, f32::MIN, f32::NEG_INFINITY] {
+            assert_eq!(d.exp().to_bits(), 0, "exp({d})");
+        }
+        assert!((cut + 0.5).exp() > 0.0);
+    }
 
     #[test]
     fn masked_softmax_matches_composite() {
