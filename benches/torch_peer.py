@@ -12,6 +12,8 @@ Workloads are named by shape, as in rllr-bench (each: one warm-up run, then the 
     forward_{B}x{L}    one forward of a batch BxL (random ids, seed 0, full attention mask)
     decode_b{B}_{N}    greedy generate of exactly N new tokens from B different 32-token prompts
                        (no padding)
+    decode_lora_b{B}_{N}  the same through a peft LoRA adapter (r=16, alpha=32 on q_proj and v_proj,
+                       unmerged, eval mode): a PPO rollout, a best-of-N sample, a served adapter
     train_lora_{B}x{L} one LoRA training step: peft LoRA r=16, alpha=32, dropout=0.1 on q_proj
                        and v_proj (rllr's LoraConfig::default()), model.train(), forward BxL ->
                        mean cross-entropy (logits in float32, as rllr) over every position ->
@@ -22,7 +24,7 @@ Workloads are named by shape, as in rllr-bench (each: one warm-up run, then the 
                        train_lora_8x256 steps (this script re-run with --only train_lora_8x256);
                        CPU only
 The CPU set is forward_8x128, forward_32x128, train_lora_8x256, score_16x128, decode_b1_64,
-decode_b8_64, decode_b32_64, peak_rss_train_lora; the GPU set is forward_32x512, decode_b1_128,
+decode_b8_64, decode_b32_64, decode_lora_b8_64, peak_rss_train_lora; the GPU set is forward_32x512, decode_b1_128,
 decode_b8_128, decode_b64_128, train_lora_8x512, score_16x512 (`--only cpu` / `--only gpu`; a kind
 such as `--only decode` picks that kind from the device's set).
 Decode uses generate(min_new_tokens=N, max_new_tokens=N, do_sample=False, use_cache=True), so
@@ -67,7 +69,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 
 PROMPT = 32
 CPU_WORKLOADS = ["forward_8x128", "forward_32x128", "train_lora_8x256", "score_16x128",
-                 "decode_b1_64", "decode_b8_64", "decode_b32_64", "peak_rss_train_lora"]
+                 "decode_b1_64", "decode_b8_64", "decode_b32_64", "decode_lora_b8_64",
+                 "peak_rss_train_lora"]
 GPU_WORKLOADS = ["forward_32x512", "decode_b1_128", "decode_b8_128", "decode_b64_128",
                  "train_lora_8x512", "score_16x512"]
 TRAIN = "train_lora_8x256"  # what peak_rss_train_lora runs in a fresh process
@@ -78,6 +81,7 @@ PATTERNS = [  # (kind, regex of the name; groups: batch, length or new tokens)
     ("train", re.compile(r"train_lora_(\d+)x(\d+)")),
     ("score", re.compile(r"score_(\d+)x(\d+)")),
     ("decode", re.compile(r"decode_b(\d+)_(\d+)")),
+    ("decode_lora", re.compile(r"decode_lora_b(\d+)_(\d+)")),
 ]
 
 
@@ -90,7 +94,7 @@ def parse(name: str) -> tuple[str, int, int]:
         if m and int(m[1]) > 0 and int(m[2]) > 0:
             return kind, int(m[1]), int(m[2])
     raise SystemExit(f"--only: unknown workload {name!r}; use forward_BxL, train_lora_BxL, "
-                     "score_BxL, decode_bB_N, peak_rss_train_lora, a kind or a set (cpu, gpu)")
+                     "score_BxL, decode_bB_N, decode_lora_bB_N, peak_rss_train_lora, a kind or a set (cpu, gpu)")
 
 
 def random_ids(batch: int, length: int, vocab: int, device) -> torch.Tensor:
@@ -294,6 +298,14 @@ def main() -> None:
         elif kind == "score":
             run, items = make_score(args, batch, length)
             r = measure(run, items, args.repeats, "sequences_per_s", torch.inference_mode, device)
+        elif kind == "decode_lora":
+            # A fresh model: peft wraps it in place, and later workloads need the bare one.
+            from peft import LoraConfig, get_peft_model
+
+            cfg = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"])
+            model = get_peft_model(load(args)[0], cfg).eval()
+            run, items = make_run(model, "decode", batch, length, model.config.vocab_size, device)
+            r = measure(run, items, args.repeats, "tokens_per_s", torch.inference_mode, device)
         else:
             model = base()
             run, items = make_run(model, kind, batch, length, model.config.vocab_size, device)

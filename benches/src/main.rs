@@ -11,6 +11,8 @@
 //! - `score_{B}x{L}`: reward scoring, hidden states → a scalar head at each row's last token;
 //! - `decode_b{B}_{N}`: greedy decode of exactly N new tokens from 32-token prompts, batch B,
 //!   with the KV cache;
+//! - `decode_lora_b{B}_{N}`: the same through a frozen, unmerged LoRA adapter (r 16 on q_proj and
+//!   v_proj): PPO rollouts, best-of-N samples and served adapter policies decode this way;
 //! - `peak_rss_train_lora`: the RSS high-water mark (`VmHWM`) of a fresh process that loads the
 //!   model and runs two `train_lora_8x256` steps (CPU only).
 //!
@@ -64,7 +66,7 @@ struct Args {
     #[arg(long, env = "RLLR_BENCH_REPEATS", default_value_t = 3)]
     repeats: usize,
     /// Comma-separated workloads, by name (forward_{B}x{L}, train_lora_{B}x{L}, score_{B}x{L},
-    /// decode_b{B}_{N}, peak_rss_train_lora) or set (`cpu`, `gpu`); default: the CPU set on the
+    /// decode_b{B}_{N}, decode_lora_b{B}_{N}, peak_rss_train_lora) or set (`cpu`, `gpu`); default: the CPU set on the
     /// CPU, the GPU set on CUDA, so each device runs shapes that suit it.
     #[arg(long, env = "RLLR_BENCH_ONLY")]
     only: Option<String>,
@@ -86,7 +88,7 @@ struct Args {
 
 /// The CPU set, in the order they run (the shapes of the committed CPU results).
 const CPU_WORKLOADS: &str = "forward_8x128,forward_32x128,train_lora_8x256,score_16x128,\
-decode_b1_64,decode_b8_64,decode_b32_64,peak_rss_train_lora";
+decode_b1_64,decode_b8_64,decode_b32_64,decode_lora_b8_64,peak_rss_train_lora";
 
 /// The GPU set: longer sequences, bigger decode batches, 128 new tokens.
 const GPU_WORKLOADS: &str = "forward_32x512,decode_b1_128,decode_b8_128,decode_b64_128,\
@@ -108,6 +110,7 @@ enum Workload {
     Train { batch: usize, len: usize },
     Score { batch: usize, len: usize },
     Decode { batch: usize, new: usize },
+    DecodeLora { batch: usize, new: usize },
     PeakRss,
 }
 
@@ -130,13 +133,16 @@ impl Workload {
             two(r, 'x').map(|(batch, len)| Workload::Score { batch, len })
         } else if let Some(r) = name.strip_prefix("decode_b") {
             two(r, '_').map(|(batch, new)| Workload::Decode { batch, new })
+        } else if let Some(r) = name.strip_prefix("decode_lora_b") {
+            two(r, '_').map(|(batch, new)| Workload::DecodeLora { batch, new })
         } else {
             None
         };
         w.with_context(|| {
             format!(
                 "unknown workload '{name}': use forward_{{B}}x{{L}}, train_lora_{{B}}x{{L}}, \
-                 score_{{B}}x{{L}}, decode_b{{B}}_{{N}}, {PEAK_RSS}, or the sets cpu / gpu"
+                 score_{{B}}x{{L}}, decode_b{{B}}_{{N}}, decode_lora_b{{B}}_{{N}}, {PEAK_RSS}, \
+                 or the sets cpu / gpu"
             )
         })
     }
@@ -257,7 +263,12 @@ fn score_work(model: &mut Llama, b: usize, len: usize) -> Result<Work<'_>> {
     Ok((Box::new(run), b))
 }
 
-fn decode_work(model: &Llama, b: usize, new: usize) -> Result<Work<'_>> {
+fn decode_work<'a>(
+    model: &'a Llama,
+    b: usize,
+    new: usize,
+    adapter: Option<&'static str>,
+) -> Result<Work<'a>> {
     let vocab = model.config().vocab_size;
     let reqs: Vec<GenerationRequest> = (0..b)
         .map(|i| GenerationRequest {
@@ -270,12 +281,25 @@ fn decode_work(model: &Llama, b: usize, new: usize) -> Result<Work<'_>> {
             },
         })
         .collect();
+    let ctx = ForwardCtx {
+        adapter,
+        dropout_seed: None,
+    };
     let run = move || {
-        generate(model, None, &reqs, &ForwardCtx::default(), 0)
+        generate(model, None, &reqs, &ctx, 0)
             .map(drop)
             .map_err(Into::into)
     };
     Ok((Box::new(run), b * new))
+}
+
+/// Decoding through a frozen LoRA adapter (`LoraConfig::default()`: r 16, α 32 on q_proj and
+/// v_proj, unmerged): what a PPO rollout, a best-of-N sample or a served adapter policy runs. A
+/// fresh adapter's B is zero, which changes no timing (no kernel skips zeros).
+fn decode_lora_work(model: &mut Llama, b: usize, new: usize) -> Result<Work<'_>> {
+    model.add_adapter("bench", &LoraConfig::default(), 0)?;
+    model.set_adapter_trainable("bench", false)?;
+    decode_work(model, b, new, Some("bench"))
 }
 
 /// Build workload `w` on `model` (training and scoring add their adapter or head to it).
@@ -284,7 +308,8 @@ fn work(model: &mut Llama, w: Workload) -> Result<Work<'_>> {
         Workload::Forward { batch, len } => forward_work(model, batch, len),
         Workload::Train { batch, len } => train_work(model, batch, len),
         Workload::Score { batch, len } => score_work(model, batch, len),
-        Workload::Decode { batch, new } => decode_work(model, batch, new),
+        Workload::Decode { batch, new } => decode_work(model, batch, new, None),
+        Workload::DecodeLora { batch, new } => decode_lora_work(model, batch, new),
         Workload::PeakRss => bail!("{PEAK_RSS} runs in a child process"),
     }
 }
@@ -599,6 +624,10 @@ mod tests {
                 batch: 16,
                 len: 128
             }
+        );
+        assert_eq!(
+            Workload::parse("decode_lora_b8_64").unwrap(),
+            Workload::DecodeLora { batch: 8, new: 64 }
         );
         assert_eq!(Workload::parse(PEAK_RSS).unwrap(), Workload::PeakRss);
         for bad in [

@@ -222,11 +222,11 @@ impl LoraLinear {
                 _ => x2.clone(),
             };
             // Scale the (N, r) product, not the (N, out) one: one full-width tensor less for
-            // the autograd graph to keep.
-            let delta = xin
-                .matmul(&a.t()?)?
-                .affine(ad.scale, 0.0)?
-                .matmul(&b.t()?)?;
+            // the autograd graph to keep. Through `frozen_linear`, so a frozen adapter's two
+            // products in a decode step take the skinny kernel (and, under autograd, skip the
+            // gradient of weights that take none); a trainable one's are candle's matmul.
+            let xa = crate::ops::frozen_linear(&xin, &a)?.affine(ad.scale, 0.0)?;
+            let delta = crate::ops::frozen_linear(&xa, &b)?;
             y = (y + delta)?;
         }
         *dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
@@ -383,6 +383,52 @@ mod tests {
             .unwrap();
         assert_eq!(merged, y);
         assert!(!l.has_adapter("h"));
+    }
+
+    #[test]
+    fn a_frozen_adapter_gives_what_a_trainable_one_gives() {
+        // Decode-sized rows (the skinny kernel's shape when the CPU has one) and a prefill-sized
+        // input under autograd: the frozen adapter's products go through `frozen_linear`, the
+        // trainable one's through candle's matmul; values and the input gradient agree.
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.2, (48, 64), &dev).unwrap();
+        let (a, b) = (
+            Tensor::randn(0f32, 0.2, (8, 64), &dev).unwrap(),
+            Tensor::randn(0f32, 0.2, (48, 8), &dev).unwrap(),
+        );
+        let cfg = LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            ..Default::default()
+        };
+        let mut l = LoraLinear::new("q".into(), w, None);
+        l.insert_adapter("frozen", a.clone(), b.clone(), &cfg, false)
+            .unwrap();
+        l.insert_adapter("trained", a, b, &cfg, true).unwrap();
+        let close = |x: &Tensor, y: &Tensor| {
+            let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap()
+        };
+        for rows in [3, 40] {
+            let x =
+                candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, 64), &dev).unwrap())
+                    .unwrap();
+            let run = |name: &str, track: bool| {
+                let input = if track {
+                    x.as_tensor().clone()
+                } else {
+                    x.as_tensor().detach()
+                };
+                l.forward(&input, &ForwardCtx::with_adapter(name)).unwrap()
+            };
+            let (f, t) = (run("frozen", false), run("trained", false));
+            assert!(close(&f, &t) < 1e-5, "{rows} rows: {}", close(&f, &t));
+            let gf = run("frozen", true).sum_all().unwrap().backward().unwrap();
+            let gt = run("trained", true).sum_all().unwrap().backward().unwrap();
+            let (gf, gt) = (gf.get(&x).unwrap(), gt.get(&x).unwrap());
+            assert!(close(gf, gt) < 1e-5, "{rows} rows: grad {}", close(gf, gt));
+        }
     }
 
     #[test]

@@ -114,9 +114,36 @@ pub fn rationale_pool(examples: &[Example], records: &[RationaleRecord]) -> Rati
 
 /// One rationale for (example, label), chosen by seeded hash among those available.
 fn pick<'p>(pool: &'p RationalePool, seed: u64, id: &str, label: &str) -> Option<&'p Rationale> {
+    pick_where(pool, seed, id, label, |_| true)
+}
+
+/// [`pick`] among the rationales that pass `keep`.
+fn pick_where<'p>(
+    pool: &'p RationalePool,
+    seed: u64,
+    id: &str,
+    label: &str,
+    keep: impl Fn(&Rationale) -> bool,
+) -> Option<&'p Rationale> {
     let v = pool.get(id)?.get(label)?;
     v.iter()
+        .filter(|r| keep(r))
         .min_by_key(|r| rank_key(seed, &format!("{id}\u{0}{label}\u{0}{}", r.text)))
+}
+
+/// The gold-label rationale of a label pair: one by the writer of the wrong-label side when the
+/// example has one (D2: one writer, one prompt, for every label), so that a label RM learns
+/// which label the rationale argues for, not who wrote it (e-SNLI's gold labels carry human
+/// rationales, its wrong labels only the teacher's); otherwise any, by [`pick`].
+fn pick_gold<'p>(
+    pool: &'p RationalePool,
+    seed: u64,
+    ex: &Example,
+    writer: Option<&str>,
+) -> Option<&'p Rationale> {
+    writer
+        .and_then(|w| pick_where(pool, seed, &ex.id, &ex.label, |r| r.source == w))
+        .or_else(|| pick(pool, seed, &ex.id, &ex.label))
 }
 
 /// Label pairs, and the ids of examples left out because a needed rationale was missing.
@@ -142,11 +169,15 @@ pub fn label_pairs(
     let mut out = Built::default();
     for ex in examples {
         let wrong = wrong_labels(task, ex, k, seed);
-        let gold = pick(pool, seed, &ex.id, &ex.label);
         let rejected: Option<Vec<(&str, &Rationale)>> = wrong
             .iter()
             .map(|&w| pick(pool, seed, &ex.id, w).map(|r| (w, r)))
             .collect();
+        let writer = rejected
+            .as_ref()
+            .and_then(|r| r.first())
+            .map(|(_, r)| r.source.as_str());
+        let gold = pick_gold(pool, seed, ex, writer);
         let (Some(gold), Some(rejected)) = (gold, rejected) else {
             out.incomplete.push(ex.id.clone());
             continue;
@@ -356,6 +387,34 @@ mod tests {
             assert_ne!(p.chosen_label, p.rejected_label);
             assert!(p.chosen.ends_with(&format!("Answer: {}", p.chosen_label)));
         }
+    }
+
+    #[test]
+    fn the_gold_side_has_the_wrong_sides_writer() {
+        // Every gold label has a human and a teacher rationale, wrong labels only the teacher's:
+        // with any seed, the chosen side is the teacher's, never the human one.
+        let task = nli();
+        let exs = examples(9);
+        let pool = rationale_pool(&exs, &[]);
+        for seed in 0..4 {
+            let b = label_pairs(&task, &exs, &pool, WrongLabels::All, seed).unwrap();
+            assert_eq!(b.pairs.len(), 18);
+            assert!(
+                b.pairs.iter().all(|p| !p.chosen.starts_with("Human says")),
+                "seed {seed}: {:?}",
+                b.pairs.iter().map(|p| &p.chosen).collect::<Vec<_>>()
+            );
+        }
+        // No rationale by that writer for the gold label: any gold rationale is used.
+        let mut exs = examples(1);
+        exs[0]
+            .rationales
+            .get_mut("entailment")
+            .unwrap()
+            .retain(|r| r.source == "human");
+        let pool = rationale_pool(&exs, &[]);
+        let b = label_pairs(&task, &exs, &pool, WrongLabels::All, 0).unwrap();
+        assert!(b.pairs.iter().all(|p| p.chosen.starts_with("Human says")));
     }
 
     #[test]

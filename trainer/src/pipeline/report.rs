@@ -67,6 +67,7 @@ pub struct Comparison {
     pub b: String,
     /// `None` when the predictions are missing or cover different examples (see `note`).
     pub stats: Option<Paired>,
+    /// Why there are no stats, or, beside stats, that they cover only part of the split.
     pub note: Option<String>,
 }
 
@@ -253,35 +254,60 @@ fn read_predictions(task_dir: &Path, key: &str) -> Result<Vec<Prediction>, Strin
         .collect()
 }
 
-/// A's and B's correctness matched by example id, in A's order; refused (with the reason) when the
-/// two files do not cover the same examples exactly once each.
-pub fn align(a: &[Prediction], b: &[Prediction]) -> Result<(Vec<bool>, Vec<bool>), String> {
+/// A's and B's correctness on the examples both evaluated, matched by id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aligned {
+    pub a: Vec<bool>,
+    pub b: Vec<bool>,
+    /// Set when one evaluation covers only part of the other's examples (best-of-N on a prefix of
+    /// the test split): the comparison is on those, and this says so.
+    pub restricted: Option<String>,
+}
+
+/// A's and B's correctness matched by example id, in A's order. When one side's ids are a strict
+/// subset of the other's, both are compared on that subset (and `restricted` says so); refused,
+/// with the reason, when an id repeats or neither side covers the other.
+pub fn align(a: &[Prediction], b: &[Prediction]) -> Result<Aligned, String> {
     let by_id: HashMap<&str, bool> = b.iter().map(|p| (p.id.as_str(), p.correct)).collect();
     let ids_a: HashSet<&str> = a.iter().map(|p| p.id.as_str()).collect();
     if ids_a.len() != a.len() || by_id.len() != b.len() {
         return Err("an example id occurs twice in the predictions".into());
     }
-    if ids_a != by_id.keys().copied().collect::<HashSet<_>>() {
-        let common = ids_a.iter().filter(|id| by_id.contains_key(*id)).count();
+    let common: Vec<&Prediction> = a
+        .iter()
+        .filter(|p| by_id.contains_key(p.id.as_str()))
+        .collect();
+    let n = common.len();
+    if n == 0 || (n < a.len() && n < b.len()) {
         return Err(format!(
-            "the two evaluations cover different examples ({} and {} ids, {common} in common): not compared",
+            "the two evaluations cover different examples ({} and {} ids, {n} in common): not compared",
             a.len(),
             b.len()
         ));
     }
-    let ca = a.iter().map(|p| p.correct).collect();
-    let cb = a.iter().map(|p| by_id[p.id.as_str()]).collect();
-    Ok((ca, cb))
+    let restricted = (n < a.len().max(b.len())).then(|| {
+        format!(
+            "on the {n} examples both evaluated (of {} and {}); both accuracies here are on those",
+            a.len(),
+            b.len()
+        )
+    });
+    Ok(Aligned {
+        a: common.iter().map(|p| p.correct).collect(),
+        b: common.iter().map(|p| by_id[p.id.as_str()]).collect(),
+        restricted,
+    })
 }
 
 fn compare(task_dir: &Path, a: &str, b: &str) -> Comparison {
     let result = read_predictions(task_dir, a).and_then(|pa| {
         let pb = read_predictions(task_dir, b)?;
-        let (ca, cb) = align(&pa, &pb)?;
-        stats::paired(&ca, &cb).map_err(|e| e.to_string())
+        let aligned = align(&pa, &pb)?;
+        let s = stats::paired(&aligned.a, &aligned.b).map_err(|e| e.to_string())?;
+        Ok((s, aligned.restricted))
     });
     let (stats, note) = match result {
-        Ok(s) => (Some(s), None),
+        Ok((s, restricted)) => (Some(s), restricted),
         Err(e) => (None, Some(e)),
     };
     Comparison {
@@ -436,9 +462,13 @@ fn render_comparisons(md: &mut String, r: &Report) {
     }
     md.push_str("\n## Paired comparisons\n\nBoth policies on the same test examples, matched by id. Δ = accuracy of A − accuracy of B in points; 95 % CI: Wald on the paired differences, ±1.96·√(((b+c) − (b−c)²/n)/n²) (Newcombe's hybrid score interval after it); b: A right and B wrong, c: A wrong and B right; p: exact two-sided McNemar test (binomial on b of b + c at ½).\n\n| task | A | B | n | acc A | acc B | Δ | 95 % CI (Wald; Newcombe) | b | c | p |\n|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|\n");
     let mut notes = Vec::new();
+    let mut restricted = Vec::new();
     for t in &r.tasks {
         for c in &t.comparisons {
             let (a, b) = (title_of(&c.a), title_of(&c.b));
+            if let (Some(_), Some(note)) = (&c.stats, &c.note) {
+                restricted.push(format!("- {}, {a} vs {b}: {note}\n", t.task));
+            }
             match &c.stats {
                 Some(s) => md.push_str(&format!(
                     "| {} | {a} | {b} | {} | {} | {} | {} | [{}, {}]; [{}, {}] | {} | {} | {} |\n",
@@ -462,6 +492,10 @@ fn render_comparisons(md: &mut String, r: &Report) {
                 )),
             }
         }
+    }
+    if !restricted.is_empty() {
+        md.push_str("\nOn part of the test split:\n\n");
+        md.push_str(&restricted.concat());
     }
     if !notes.is_empty() {
         md.push_str("\nNot compared:\n\n");
@@ -821,6 +855,24 @@ mod tests {
         );
         let dup = vec![pred("e1", true), pred("e1", false)];
         assert!(align(&dup, &a).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn a_subset_is_compared_on_its_examples() {
+        // best-of-N on a prefix (e2, e1) of the full split (e1, e2, e3)
+        let bon = vec![pred("e2", true), pred("e1", false)];
+        let full = vec![pred("e1", true), pred("e2", false), pred("e3", true)];
+        let al = align(&bon, &full).unwrap();
+        assert_eq!((al.a, al.b), (vec![true, false], vec![false, true]));
+        assert!(
+            al.restricted
+                .as_deref()
+                .unwrap()
+                .contains("on the 2 examples both evaluated (of 2 and 3)"),
+            "{:?}",
+            al.restricted
+        );
+        assert!(align(&full, &full).unwrap().restricted.is_none());
     }
 
     fn pred(id: &str, correct: bool) -> Prediction {
