@@ -24,8 +24,8 @@ Workloads are named by shape, as in rllr-bench (each: one warm-up run, then the 
                        train_lora_8x256 steps (this script re-run with --only train_lora_8x256);
                        CPU only
 The CPU set is forward_8x128, forward_32x128, train_lora_8x256, score_16x128, decode_b1_64,
-decode_b8_64, decode_b32_64, decode_lora_b8_64, peak_rss_train_lora; the GPU set is forward_32x512, decode_b1_128,
-decode_b8_128, decode_b64_128, train_lora_8x512, score_16x512 (`--only cpu` / `--only gpu`; a kind
+decode_b8_64, decode_b32_64, decode_lora_b8_64, peak_rss_train_lora; the GPU set is
+forward_32x512, decode_b1_128, decode_b8_128, decode_b64_128, train_lora_8x512, score_16x512 (`--only cpu` / `--only gpu`; a kind
 such as `--only decode` picks that kind from the device's set).
 Decode uses generate(min_new_tokens=N, max_new_tokens=N, do_sample=False, use_cache=True), so
 it includes the 32-token prefill; tokens_per_s = B * N / seconds. For forwards,
@@ -94,7 +94,8 @@ def parse(name: str) -> tuple[str, int, int]:
         if m and int(m[1]) > 0 and int(m[2]) > 0:
             return kind, int(m[1]), int(m[2])
     raise SystemExit(f"--only: unknown workload {name!r}; use forward_BxL, train_lora_BxL, "
-                     "score_BxL, decode_bB_N, decode_lora_bB_N, peak_rss_train_lora, a kind or a set (cpu, gpu)")
+                     "score_BxL, decode_bB_N, decode_lora_bB_N, peak_rss_train_lora, a kind or "
+                     "a set (cpu, gpu)")
 
 
 def random_ids(batch: int, length: int, vocab: int, device) -> torch.Tensor:

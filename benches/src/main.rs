@@ -66,8 +66,9 @@ struct Args {
     #[arg(long, env = "RLLR_BENCH_REPEATS", default_value_t = 3)]
     repeats: usize,
     /// Comma-separated workloads, by name (forward_{B}x{L}, train_lora_{B}x{L}, score_{B}x{L},
-    /// decode_b{B}_{N}, decode_lora_b{B}_{N}, peak_rss_train_lora) or set (`cpu`, `gpu`); default: the CPU set on the
-    /// CPU, the GPU set on CUDA, so each device runs shapes that suit it.
+    /// decode_b{B}_{N}, decode_lora_b{B}_{N}, peak_rss_train_lora) or set (`cpu`, `gpu`);
+    /// default: the CPU set on the CPU, the GPU set on CUDA, so each device runs shapes that
+    /// suit it.
     #[arg(long, env = "RLLR_BENCH_ONLY")]
     only: Option<String>,
     /// Skip the PyTorch peer (no Python needed; no ratios).
